@@ -1,0 +1,1 @@
+"""racelab: race conditions in async ACP agent servers, made visible and counted."""

@@ -1,0 +1,113 @@
+"""Settings of one lab, read from environment variables with defaults that just work locally.
+
+Every port and the state directory can be changed; the defaults are the ones in LAB.md.
+A lab started with some settings is found again (status, down, burst, verify) by the same
+environment, so the Makefile and the tests only ever pass environment variables.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = ("unguarded", "locked", "temporal")
+TASK_QUEUE = "racelab-tasks"
+WORKFLOW_NAME = "racelab-task"
+SIGNAL_RECEIVE_EVENT = "receive_event"  # the signal name Agentex uses
+SIGNAL_CANCEL = "cancel_task"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r}: expected a whole number") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r}: expected a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    pg_port: int = 55432
+    redis_port: int = 56379
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    pod_base_port: int = 18000
+    replicas: int = 3
+    workers: int = 2
+    model_latency_ms: float = 50.0
+    model_jitter_ms: float = 20.0
+    lock_ttl_s: float = 30.0
+    lock_wait_s: float = 60.0
+    batch_limit: int = 50
+    sweep_interval_s: float = 2.0
+    pg_dsn_override: str = ""
+    redis_url_override: str = ""
+    temporal_address_override: str = ""
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            state_dir=Path(os.environ.get("RACELAB_STATE_DIR") or "/var/tmp/racelab").resolve(),
+            host=os.environ.get("RACELAB_HOST") or "127.0.0.1",
+            gateway_port=_int("RACELAB_GATEWAY_PORT", 8080),
+            pg_port=_int("RACELAB_PG_PORT", 55432),
+            redis_port=_int("RACELAB_REDIS_PORT", 56379),
+            temporal_port=_int("RACELAB_TEMPORAL_PORT", 7233),
+            temporal_ui_port=_int("RACELAB_TEMPORAL_UI_PORT", 8233),
+            pod_base_port=_int("RACELAB_POD_BASE_PORT", 18000),
+            replicas=_int("RACELAB_REPLICAS", 3),
+            workers=_int("RACELAB_WORKERS", 2),
+            model_latency_ms=_float("RACELAB_MODEL_LATENCY_MS", 50.0),
+            model_jitter_ms=_float("RACELAB_MODEL_JITTER_MS", 20.0),
+            lock_ttl_s=_float("RACELAB_LOCK_TTL_S", 30.0),
+            lock_wait_s=_float("RACELAB_LOCK_WAIT_S", 60.0),
+            batch_limit=_int("RACELAB_BATCH_LIMIT", 50),
+            sweep_interval_s=_float("RACELAB_SWEEP_INTERVAL_S", 2.0),
+            pg_dsn_override=os.environ.get("RACELAB_PG_DSN", ""),
+            redis_url_override=os.environ.get("RACELAB_REDIS_URL", ""),
+            temporal_address_override=os.environ.get("RACELAB_TEMPORAL_ADDRESS", ""),
+        )
+
+    # Connection strings: derived from the ports natively, overridable (compose sets them).
+    @property
+    def pg_dsn(self) -> str:
+        return self.pg_dsn_override or f"postgresql://racelab@{self.host}:{self.pg_port}/racelab"
+
+    @property
+    def pg_admin_dsn(self) -> str:
+        return self.pg_dsn.rsplit("/", 1)[0] + "/postgres"
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_url_override or f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def temporal_address(self) -> str:
+        return self.temporal_address_override or f"{self.host}:{self.temporal_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    def pod_port(self, variant: str, replica: int) -> int:
+        """Ports of the pods: base + 10 × variant index + replica (1-based)."""
+        return self.pod_base_port + 10 * VARIANTS.index(variant) + replica
+
+    def worker_port(self, replica: int) -> int:
+        """Health/metrics port of a Temporal worker process."""
+        return self.pod_base_port + 10 * len(VARIANTS) + replica

@@ -1,0 +1,225 @@
+"""PostgreSQL: the event log, task states, agent task trackers and effects.
+
+Every variant records events the same way (record_event) and keeps state in the same table;
+they differ only in how they read-modify-write it. The checker reads these tables and nothing
+a variant keeps privately.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+
+from .protocol import Event, TaskRef
+from .state import initial_state
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    variant       text NOT NULL,
+    task_id       text NOT NULL,
+    agent_id      text NOT NULL,
+    status        text NOT NULL DEFAULT 'running',
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_event_at timestamptz,
+    PRIMARY KEY (variant, task_id, agent_id)
+);
+-- The event log. seq orders events per task: record_event commits them in seq order per task.
+CREATE TABLE IF NOT EXISTS events (
+    seq         bigserial PRIMARY KEY,
+    variant     text NOT NULL,
+    event_id    text NOT NULL,
+    task_id     text NOT NULL,
+    agent_id    text NOT NULL,
+    sequence_id bigint,
+    content     jsonb NOT NULL,
+    accepted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (variant, event_id)
+);
+CREATE INDEX IF NOT EXISTS events_by_task ON events (variant, task_id, agent_id, seq);
+CREATE TABLE IF NOT EXISTS task_states (
+    variant    text NOT NULL,
+    task_id    text NOT NULL,
+    agent_id   text NOT NULL,
+    state      jsonb NOT NULL,
+    version    bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (variant, task_id, agent_id)
+);
+-- Agent task trackers: the cursor of the locked variant, and the fencing token of the last
+-- lock holder that wrote (a holder whose Redis lock expired cannot write after a newer one).
+CREATE TABLE IF NOT EXISTS trackers (
+    variant            text NOT NULL,
+    task_id            text NOT NULL,
+    agent_id           text NOT NULL,
+    last_processed_seq bigint NOT NULL DEFAULT 0,
+    fence              bigint NOT NULL DEFAULT 0,
+    status_reason      text,
+    updated_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (variant, task_id, agent_id)
+);
+CREATE OR REPLACE FUNCTION trackers_forward_only() RETURNS trigger AS $$
+BEGIN
+    IF NEW.last_processed_seq < OLD.last_processed_seq THEN
+        RAISE EXCEPTION 'cursor of %/%/% may not move backwards (% -> %)',
+            OLD.variant, OLD.task_id, OLD.agent_id, OLD.last_processed_seq, NEW.last_processed_seq
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER trackers_forward_only BEFORE UPDATE ON trackers
+    FOR EACH ROW EXECUTE FUNCTION trackers_forward_only();
+-- One row per (model call, event it served): what a duplicate would repeat.
+CREATE TABLE IF NOT EXISTS effects (
+    id         bigserial PRIMARY KEY,
+    variant    text NOT NULL,
+    task_id    text NOT NULL,
+    agent_id   text NOT NULL,
+    call_id    uuid NOT NULL,
+    event_id   text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS effects_by_task ON effects (variant, task_id, agent_id);
+"""
+
+
+class TaskCancelled(Exception):
+    pass
+
+
+class EventIdConflict(Exception):
+    """The event id was already recorded for another task."""
+
+
+class CursorMovedBackwards(Exception):
+    pass
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+
+
+async def ensure_database(admin_dsn: str, dsn: str) -> None:
+    """Create the racelab database (if missing) and apply the schema (idempotent)."""
+    name = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(SCHEMA)
+    finally:
+        await conn.close()
+
+
+Handoff = Callable[[asyncpg.Connection, bool], Awaitable[None]]
+
+
+async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: Handoff | None = None) -> bool:
+    """Record an event durably in the event log. Returns True if it is new, False for a re-send.
+
+    The upsert of the task row takes that row's lock until commit, so the events of one task
+    are assigned seq and committed one at a time, in seq order. A BIGSERIAL alone can commit
+    out of order across connections; with this, a cursor that has seen seq N has seen every
+    event of the task below N.
+
+    handoff runs inside the transaction (the temporal variant signals its workflow there), so
+    an event is either recorded and handed off, or neither.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.fetchval(
+            """INSERT INTO tasks (variant, task_id, agent_id, last_event_at)
+               VALUES ($1, $2, $3, clock_timestamp())
+               ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET last_event_at = clock_timestamp()
+               RETURNING status""", variant, event.task_id, event.agent_id)
+        if status == "cancelled":
+            raise TaskCancelled(event.task_id)
+        seq = await conn.fetchval(
+            """INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (variant, event_id) DO NOTHING RETURNING seq""",
+            variant, event.event_id, event.task_id, event.agent_id, event.sequence_id, event.content)
+        fresh = seq is not None
+        if not fresh:
+            owner = await conn.fetchrow("SELECT task_id, agent_id FROM events WHERE variant = $1 AND event_id = $2",
+                                        variant, event.event_id)
+            if (owner["task_id"], owner["agent_id"]) != (event.task_id, event.agent_id):
+                raise EventIdConflict(event.event_id)
+        if handoff is not None:
+            await handoff(conn, fresh)
+        return fresh
+
+
+async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
+    """task/create: the task row and an empty state, as an agent's on_task_create would."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.fetchval(
+            """INSERT INTO tasks (variant, task_id, agent_id) VALUES ($1, $2, $3)
+               ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = tasks.status
+               RETURNING status""", variant, ref.task_id, ref.agent_id)
+        await conn.execute(
+            """INSERT INTO task_states (variant, task_id, agent_id, state) VALUES ($1, $2, $3, $4)
+               ON CONFLICT DO NOTHING""", variant, ref.task_id, ref.agent_id, initial_state())
+        return status
+
+
+async def cancel_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> bool:
+    """task/cancel: later events for the task are refused. False if the task is unknown."""
+    done = await pool.execute(
+        "UPDATE tasks SET status = 'cancelled' WHERE variant = $1 AND task_id = $2 AND agent_id = $3",
+        variant, ref.task_id, ref.agent_id)
+    return done != "UPDATE 0"
+
+
+async def read_state(conn, variant: str, task_id: str, agent_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT state, version, updated_at FROM task_states
+           WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", variant, task_id, agent_id)
+
+
+async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict) -> None:
+    """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does."""
+    await conn.execute(
+        """INSERT INTO task_states (variant, task_id, agent_id, state, version) VALUES ($1, $2, $3, $4, 1)
+           ON CONFLICT (variant, task_id, agent_id) DO UPDATE
+           SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()""",
+        variant, task_id, agent_id, state)
+
+
+async def record_effects(conn, variant: str, task_id: str, agent_id: str, call_id: str, event_ids: list[str]) -> None:
+    await conn.execute(
+        """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
+           SELECT $1, $2, $3, $4::uuid, unnest($5::text[])""", variant, task_id, agent_id, call_id, event_ids)
+
+
+async def advance_cursor(conn, variant: str, task_id: str, agent_id: str, seq: int, fence: int,
+                         reason: str = "") -> None:
+    """Move the tracker's cursor to seq. A move backwards is refused (by the table's trigger too)."""
+    try:
+        await conn.execute(
+            """INSERT INTO trackers (variant, task_id, agent_id, last_processed_seq, fence, status_reason)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (variant, task_id, agent_id) DO UPDATE
+               SET last_processed_seq = EXCLUDED.last_processed_seq, fence = EXCLUDED.fence,
+                   status_reason = EXCLUDED.status_reason, updated_at = clock_timestamp()""",
+            variant, task_id, agent_id, seq, fence, reason)
+    except asyncpg.CheckViolationError as exc:
+        raise CursorMovedBackwards(str(exc)) from None
+
+
+@asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,1 @@
+"""Running the lab: the services description, the native mode, the burst client."""

@@ -1,0 +1,5 @@
+import sys
+
+from .native import main
+
+sys.exit(main())

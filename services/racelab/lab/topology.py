@@ -1,0 +1,146 @@
+"""The one description of the lab's services (LAB.md "Topology").
+
+The native lab feeds it to supervisor (racelab.lab.native); every other way to run the lab
+must be derived from this list too, so the two cannot drift. A service has a start stage
+(infra, then app, then gateway), a command, a port per replica and a health check.
+"""
+from __future__ import annotations
+
+import glob
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import VARIANTS, Settings
+
+STAGES = ("infra", "app", "gateway")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One process: a replica of a service."""
+    name: str
+    service: "Service"
+    argv: tuple[str, ...]
+    port: int
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    stage: str
+    argv: tuple[str, ...]          # "{port}" and "{name}" are filled in per replica
+    ports: tuple[int, ...]         # one per replica
+    health: str                    # postgres | redis | temporal | http | gateway
+    run_as: str | None = None      # user to run as (postgres refuses root)
+    stop_signal: str = "TERM"
+    extra_ports: tuple[int, ...] = field(default=())  # further ports it binds (UI)
+
+    @property
+    def replicas(self) -> int:
+        return len(self.ports)
+
+    def instances(self) -> list[Instance]:
+        out = []
+        for i, port in enumerate(self.ports, start=1):
+            name = self.name if self.replicas == 1 else f"{self.name}-{i}"
+            argv = tuple(a.format(port=port, name=name) for a in self.argv)
+            out.append(Instance(name=name, service=self, argv=argv, port=port))
+        return out
+
+
+def find_binary(name: str, *patterns: str) -> str:
+    """A server binary on PATH, else in the usual Debian places."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return matches[-1]
+    raise FileNotFoundError(f"{name} not found on PATH; install it (make install)")
+
+
+def venv_binary(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else find_binary(name)
+
+
+def paths(settings: Settings) -> dict[str, Path]:
+    d = settings.state_dir
+    return {"pgdata": d / "pgdata", "pgsock": d / "pgsock", "redis": d / "redis", "temporal": d / "temporal",
+            "nginx": d / "nginx", "logs": d / "logs", "supervisor": d / "supervisor"}
+
+
+def services(settings: Settings, run_as_postgres: str | None = None) -> list[Service]:
+    p = paths(settings)
+    python = sys.executable
+    host = settings.host
+    out = [
+        Service("postgres", "infra",
+                (find_binary("postgres", "/usr/lib/postgresql/*/bin/postgres"), "-D", str(p["pgdata"]),
+                 "-h", host, "-p", "{port}", "-k", str(p["pgsock"]), "-c", "max_connections=300",
+                 "-c", "fsync=on", "-c", "log_min_messages=warning"),
+                (settings.pg_port,), "postgres", run_as=run_as_postgres, stop_signal="INT"),
+        Service("redis", "infra",
+                (find_binary("redis-server", "/usr/bin/redis-server"), "--bind", host, "--port", "{port}",
+                 "--save", "", "--appendonly", "no", "--dir", str(p["redis"])),
+                (settings.redis_port,), "redis"),
+        Service("temporal", "infra",
+                (venv_binary("temporal"), "server", "start-dev", "--ip", host, "--port", "{port}",
+                 "--ui-port", str(settings.temporal_ui_port), "--db-filename", str(p["temporal"] / "temporal.db"),
+                 "--log-level", "warn"),
+                (settings.temporal_port,), "temporal", extra_ports=(settings.temporal_ui_port,)),
+    ]
+    for variant in VARIANTS:
+        out.append(Service(f"pod-{variant}", "app",
+                           (python, "-m", "racelab.pod", "--variant", variant, "--port", "{port}", "--name", "{name}"),
+                           tuple(settings.pod_port(variant, r) for r in range(1, settings.replicas + 1)), "http"))
+    out.append(Service("worker", "app", (python, "-m", "racelab.worker", "--port", "{port}"),
+                       tuple(settings.worker_port(r) for r in range(1, settings.workers + 1)), "http"))
+    out.append(Service("gateway", "gateway",
+                       (find_binary("nginx", "/usr/sbin/nginx"), "-p", str(p["nginx"]),
+                        "-c", str(p["nginx"] / "nginx.conf")),
+                       (settings.gateway_port,), "gateway", stop_signal="QUIT"))
+    return out
+
+
+def nginx_conf(settings: Settings) -> str:
+    """The gateway: one upstream per variant (round-robin), the /<variant>/ prefix stripped."""
+    p = paths(settings)
+    upstreams, locations = [], []
+    for variant in VARIANTS:
+        servers = "\n".join(f"        server {settings.host}:{settings.pod_port(variant, r)};"
+                            for r in range(1, settings.replicas + 1))
+        upstreams.append(f"    upstream {variant} {{\n{servers}\n        keepalive 64;\n    }}")
+        locations.append(f"        location /{variant}/ {{ proxy_pass http://{variant}/; }}")
+    tmp = p["nginx"] / "tmp"
+    return f"""# generated by racelab.lab from the services description; edits are overwritten
+daemon off;
+worker_processes 1;
+pid {p['nginx'] / 'nginx.pid'};
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    # the pods answer oversized bodies themselves, with a JSON-RPC error
+    client_max_body_size 8m;
+    client_body_buffer_size 8m;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_read_timeout 120s;
+{chr(10).join(upstreams)}
+    server {{
+        listen {settings.host}:{settings.gateway_port};
+{chr(10).join(locations)}
+        location = /healthz {{ return 200 '{{"status":"ok","role":"gateway"}}'; default_type application/json; }}
+    }}
+}}
+"""

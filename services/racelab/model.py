@@ -1,0 +1,30 @@
+"""The simulated model call: a latency knob plus one effect row per event it served.
+
+The latency is what opens the race window (read state ... model call ... write state); the
+effect rows are the side effect a duplicate processing would repeat, and the checker counts them.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+from . import db
+
+
+class Model:
+    def __init__(self, latency_ms: float, jitter_ms: float, rng: random.Random | None = None):
+        self.latency_ms = latency_ms
+        self.jitter_ms = jitter_ms
+        self._rng = rng or random.Random()
+
+    def delay_s(self) -> float:
+        jitter = self._rng.uniform(-self.jitter_ms, self.jitter_ms)
+        return max(0.0, self.latency_ms + jitter) / 1000.0
+
+    async def call(self, pool, variant: str, task_id: str, agent_id: str, event_ids: list[str]) -> str:
+        """One model call serving event_ids (one for most variants, a batch for locked)."""
+        await asyncio.sleep(self.delay_s())
+        call_id = str(uuid.uuid4())
+        await db.record_effects(pool, variant, task_id, agent_id, call_id, event_ids)
+        return call_id

@@ -1,0 +1,1 @@
+"""ACP pods: the aiohttp servers, one process per replica and variant."""

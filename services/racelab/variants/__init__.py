@@ -1,0 +1,75 @@
+"""The variants: one module each, behind one interface (Variant).
+
+A pod records every event the same way (db.record_event) and replies; what a variant decides
+is what happens inside the recording transaction (handoff) and after the reply (after_ack).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import VARIANTS, Settings
+from ..model import Model
+from ..protocol import Event, TaskRef
+
+log = logging.getLogger("racelab.variant")
+
+
+@dataclass
+class PodContext:
+    settings: Settings
+    pool: Any            # asyncpg.Pool
+    model: Model
+    pod_name: str
+
+
+class Variant:
+    name = ""
+
+    def __init__(self, ctx: PodContext):
+        self.ctx = ctx
+        self._background: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        """Open what the variant needs beyond PostgreSQL."""
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def handoff(self, conn, event: Event, fresh: bool) -> None:
+        """Runs inside the transaction that records the event (default: nothing)."""
+
+    def after_ack(self, event: Event, fresh: bool) -> None:
+        """Runs once the reply is on its way: processing happens after the reply."""
+
+    async def on_task_created(self, ref: TaskRef) -> None:
+        pass
+
+    async def on_task_cancelled(self, ref: TaskRef) -> None:
+        pass
+
+    async def health(self) -> None:
+        """Raise if a dependency of the variant is unreachable."""
+
+    def spawn(self, coro, what: str) -> None:
+        """Run coro in the background; a failure is logged, never crashes the pod."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %r", what, t.exception(), exc_info=t.exception())
+        task.add_done_callback(done)
+
+
+def load_variant(name: str, ctx: PodContext) -> Variant:
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    return module.VARIANT(ctx)

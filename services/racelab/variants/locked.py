@@ -1,0 +1,141 @@
+"""locked: a Redis lock per (task, agent) plus the agent task tracker's cursor.
+
+Under the lock, list the events after the cursor, serve them with one model call, then write
+the state and move the cursor forward in one transaction. Why nothing is skipped:
+- every event triggers a drain that runs after the event committed and waits for the lock, so
+  the last event of a burst is listed by its own drain if no earlier holder saw it;
+- record_event commits the events of one task in seq order, so the cursor never passes an
+  event that commits later;
+- the state write checks the fencing token (a Redis counter taken with the lock): a holder
+  whose lock expired mid-batch cannot write over a newer holder; its model call shows up as
+  a duplicate effect, which is what such an expiry really costs.
+Within one pod, triggers for the same task are coalesced into one drainer, so a burst of 30
+events costs a few lock round trips, not 30.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as redis
+from redis.exceptions import LockError
+
+from .. import db
+from ..protocol import Event
+from ..state import apply_events
+from . import Variant
+
+log = logging.getLogger("racelab.locked")
+Key = tuple[str, str]  # (task_id, agent_id)
+
+
+class Locked(Variant):
+    name = "locked"
+
+    async def start(self) -> None:
+        self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
+        await self.redis.ping()
+        self._wanted: set[Key] = set()
+        self._drainers: dict[Key, asyncio.Task] = {}
+        self.spawn(self._sweep_forever(), "locked sweeper")
+
+    async def stop(self) -> None:
+        await super().stop()
+        for task in list(self._drainers.values()):
+            task.cancel()
+        await self.redis.aclose()
+
+    async def health(self) -> None:
+        await self.redis.ping()
+
+    def after_ack(self, event: Event, fresh: bool) -> None:
+        # A re-sent event is woken too: if the first delivery's drain failed, this one recovers it.
+        self.wake((event.task_id, event.agent_id))
+
+    def wake(self, key: Key) -> None:
+        self._wanted.add(key)
+        if key not in self._drainers:
+            task = asyncio.create_task(self._drainer(key))
+            self._drainers[key] = task
+
+    async def _drainer(self, key: Key) -> None:
+        try:
+            while key in self._wanted:
+                self._wanted.discard(key)
+                await self.drain(key)
+        except Exception:  # the sweeper retries; the pod keeps serving
+            log.exception("drain of %s failed", key)
+        finally:
+            self._drainers.pop(key, None)
+
+    async def drain(self, key: Key) -> None:
+        task_id, agent_id = key
+        settings = self.ctx.settings
+        lock = self.redis.lock(f"racelab:lock:{task_id}:{agent_id}", timeout=settings.lock_ttl_s,
+                               blocking_timeout=settings.lock_wait_s, sleep=0.005)
+        if not await lock.acquire():
+            log.warning("lock of %s not acquired in %.0f s; retrying", key, settings.lock_wait_s)
+            self._wanted.add(key)
+            return
+        try:
+            fence = await self.redis.incr(f"racelab:fence:{task_id}:{agent_id}")
+            while await self.process_batch(task_id, agent_id, fence) == settings.batch_limit:
+                pass  # a full batch: there may be more
+        finally:
+            try:
+                await lock.release()
+            except LockError:
+                log.warning("lock of %s expired while held (fencing kept the state safe)", key)
+
+    async def process_batch(self, task_id: str, agent_id: str, fence: int) -> int:
+        """Process the events after the cursor; return how many were applied."""
+        pool = self.ctx.pool
+        async with pool.acquire() as conn:
+            cursor = await conn.fetchval(
+                """SELECT last_processed_seq FROM trackers
+                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", self.name, task_id, agent_id) or 0
+            events = await conn.fetch(
+                """SELECT seq, event_id FROM events WHERE variant = $1 AND task_id = $2 AND agent_id = $3
+                   AND seq > $4 ORDER BY seq LIMIT $5""",
+                self.name, task_id, agent_id, cursor, self.ctx.settings.batch_limit)
+            if not events:
+                return 0
+            row = await db.read_state(conn, self.name, task_id, agent_id)
+        event_ids = [e["event_id"] for e in events]
+        await self.ctx.model.call(pool, self.name, task_id, agent_id, event_ids)  # one call serves the batch
+        new_state = apply_events(row["state"] if row else None, event_ids)
+        async with pool.acquire() as conn, conn.transaction():
+            tracker = await conn.fetchrow(
+                """SELECT last_processed_seq, fence FROM trackers
+                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3 FOR UPDATE""", self.name, task_id, agent_id)
+            if tracker is not None and (tracker["fence"] > fence or tracker["last_processed_seq"] != cursor):
+                log.warning("stale lock holder for %s/%s (fence %d < %d): batch dropped",
+                            task_id, agent_id, fence, tracker["fence"])
+                return 0
+            await db.write_state(conn, self.name, task_id, agent_id, new_state)
+            await db.advance_cursor(conn, self.name, task_id, agent_id, events[-1]["seq"], fence,
+                                    f"processed batch of {len(events)} events")
+        return len(events)
+
+    async def _sweep_forever(self) -> None:
+        """Safety net: wake tasks whose events wait behind the cursor for a while (a drain that
+        failed on a database error, a pod that died after its ack)."""
+        interval = self.ctx.settings.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                rows = await self.ctx.pool.fetch(
+                    """SELECT t.task_id, t.agent_id FROM tasks t
+                       LEFT JOIN trackers tr USING (variant, task_id, agent_id)
+                       WHERE t.variant = $1 AND t.last_event_at < clock_timestamp() - make_interval(secs => $2)
+                       AND EXISTS (SELECT 1 FROM events e WHERE e.variant = t.variant AND e.task_id = t.task_id
+                                   AND e.agent_id = t.agent_id AND e.seq > COALESCE(tr.last_processed_seq, 0))""",
+                    self.name, interval)
+            except Exception:
+                log.exception("sweep failed")
+                continue
+            for row in rows:
+                self.wake((row["task_id"], row["agent_id"]))
+
+
+VARIANT = Locked

@@ -1,0 +1,28 @@
+"""unguarded: the seed's handler, run concurrently. Read state, call the model, write the whole
+state back. Two events of one task in flight at once read the same state; the later write
+drops the earlier one's update. Meant to lose updates, never to crash."""
+from __future__ import annotations
+
+from .. import db
+from ..protocol import Event
+from ..state import apply_events
+from . import Variant
+
+
+class Unguarded(Variant):
+    name = "unguarded"
+
+    def after_ack(self, event: Event, fresh: bool) -> None:
+        # Like the seed's handler, every delivery is handled: a client's retry of an event is
+        # processed again (and shows up as a duplicate).
+        self.spawn(self.handle(event), f"unguarded {event.event_id}")
+
+    async def handle(self, event: Event) -> None:
+        pool = self.ctx.pool
+        row = await db.read_state(pool, self.name, event.task_id, event.agent_id)
+        state = row["state"] if row else None
+        await self.ctx.model.call(pool, self.name, event.task_id, event.agent_id, [event.event_id])
+        await db.write_state(pool, self.name, event.task_id, event.agent_id, apply_events(state, [event.event_id]))
+
+
+VARIANT = Unguarded

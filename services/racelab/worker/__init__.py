@@ -1,0 +1,1 @@
+"""Temporal workers of the temporal variant: the workflow (one per task) and its activities."""

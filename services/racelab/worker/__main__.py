@@ -1,0 +1,60 @@
+"""A Temporal worker process: `python -m racelab.worker --port N`.
+
+Serves GET /healthz and /metrics on its port so the lab can wait for it and Prometheus can
+scrape it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from .. import db
+from ..config import TASK_QUEUE, Settings
+from ..model import Model
+from .activities import TaskActivities
+from .workflow import TaskWorkflow
+
+
+async def serve(port: int) -> None:
+    settings = Settings.from_env()
+    pool = await db.create_pool(settings.pg_dsn)
+    client = await Client.connect(settings.temporal_address)
+    activities = TaskActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
+    worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow],
+                    activities=[activities.load_state, activities.apply_event])
+
+    app = web.Application()
+    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok", "role": "worker"}))
+    app.router.add_get("/metrics", lambda _: web.Response(body=generate_latest(),
+                                                          headers={"Content-Type": CONTENT_TYPE_LATEST}))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, port).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        await stop.wait()
+    await runner.cleanup()
+    await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="racelab Temporal worker")
+    parser.add_argument("--port", type=int, required=True, help="health/metrics port")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The task workflow: one per task, events arrive as `receive_event` signals.
+
+The seed's pattern, an async signal handler that awaits an activity and then assigns state,
+interleaves at the await and loses updates. Here the signal handler only enqueues (deduping on
+the event id) and the run loop applies one event at a time, so there is no interleaving to lose
+anything to. Before the history grows too long the workflow continues as new, carrying the
+count of applied events and the events still pending; the applied ids come back from the
+state in PostgreSQL.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, WORKFLOW_NAME
+
+ACTIVITY_TIMEOUT = timedelta(seconds=60)
+RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class TaskWorkflow:
+    def __init__(self) -> None:
+        self._pending: list[dict] = []
+        self._known: set[str] = set()  # applied or pending event ids: the dedupe set
+        self._cancelled = False
+
+    @workflow.signal(name=SIGNAL_RECEIVE_EVENT)
+    def receive_event(self, event: dict) -> None:
+        # Only enqueue: no await here, so handlers cannot interleave with the run loop.
+        if event["event_id"] not in self._known:
+            self._known.add(event["event_id"])
+            self._pending.append(event)
+
+    @workflow.signal(name=SIGNAL_CANCEL)
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    @workflow.run
+    async def run(self, params: dict) -> dict:
+        task = {k: params[k] for k in ("variant", "task_id", "agent_id")}
+        loaded = await workflow.execute_activity(
+            "load_state", task, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RETRY)
+        version: int = loaded["version"]
+        applied = set(loaded["history"])
+        runs = params.get("runs", 0) + 1
+        # Signals can arrive before run() starts. Re-queue them after the events carried over
+        # from the previous run, through the same dedupe, now that the applied ids are known.
+        received_early, self._pending, self._known = self._pending, [], set(applied)
+        for event in params.get("pending", []) + received_early:
+            self.receive_event(event)
+        can_after = int(params.get("continue_as_new_after") or 0)
+        applied_this_run = 0
+        while True:
+            await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled)
+            if not self._pending:  # cancelled, and everything received is applied
+                return {"applied": len(applied), "runs": runs}
+            event = self._pending.pop(0)
+            version = await workflow.execute_activity(
+                "apply_event", {**task, "event": event, "version": version, "workflow_runs": runs},
+                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RETRY)
+            applied.add(event["event_id"])
+            applied_this_run += 1
+            if workflow.info().is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new({**params, "pending": self._pending, "runs": runs})
