@@ -20,9 +20,13 @@ GUARDED = ("locked", "temporal")
 
 
 async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float = 3.0, timeout_s: float = 300.0,
-                              poll_s: float = 0.5, progress=None) -> tuple[dict[str, VariantCounts], bool]:
+                              poll_s: float = 0.25, applied_settle_s: float = 1.0,
+                              progress=None) -> tuple[dict[str, VariantCounts], bool]:
     """Recompute the counts until every accepted event is applied, or nothing has changed for
-    settle_s. Returns (counts, quiescent)."""
+    settle_s. Returns (counts, quiescent).
+
+    Even when every accepted event is applied, the counts must hold still for a moment
+    (applied_settle_s): a retried event can still be in flight and add a duplicate."""
     deadline = time.monotonic() + timeout_s
     last_key, stable_since, last_report = None, time.monotonic(), 0.0
     async with db.connection(dsn) as conn:
@@ -32,7 +36,9 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             now = time.monotonic()
             if key != last_key:
                 last_key, stable_since = key, now
-            if all(c.lost == 0 for c in results.values()) or now - stable_since >= settle_s:
+            stable_s = now - stable_since
+            all_applied = all(c.lost == 0 for c in results.values())
+            if stable_s >= settle_s or (all_applied and stable_s >= min(applied_settle_s, settle_s)):
                 return results, True
             if now >= deadline:
                 return results, False

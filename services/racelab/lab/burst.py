@@ -28,7 +28,7 @@ AGENT = {"id": "racelab-agent", "name": "racelab-agent", "acp_type": "async"}
 def event_send(task_id: str, event_id: str, sequence_id: int, text: str) -> dict:
     """An event/send request shaped as Agentex's server sends it."""
     return {"jsonrpc": "2.0", "id": f"event/send-{task_id}", "method": "event/send",
-            "params": {"agent": AGENT, "task": {"id": task_id, "agent_id": AGENT["id"]},
+            "params": {"agent": dict(AGENT), "task": {"id": task_id, "agent_id": AGENT["id"]},
                        "event": {"id": event_id, "task_id": task_id, "agent_id": AGENT["id"],
                                  "sequence_id": sequence_id,
                                  "content": {"type": "text", "author": "user", "content": text},

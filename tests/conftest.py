@@ -1,0 +1,68 @@
+"""One lab per test session.
+
+--lab=native (default) starts a native lab of its own, on its own ports and state directory so
+it never meets a lab a user started with `make up`, and stops it at the end. --lab=existing
+uses the lab the current environment points at (RACELAB_* variables), e.g. one from `make up`.
+Unit tests of pure logic do not ask for the lab and run without one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from racelab.config import Settings
+
+# Ports of the test lab: apart from the defaults, so `make test` works beside `make up`.
+TEST_ENV = {
+    "RACELAB_GATEWAY_PORT": "28080",
+    "RACELAB_PG_PORT": "25432",
+    "RACELAB_REDIS_PORT": "26379",
+    "RACELAB_TEMPORAL_PORT": "27233",
+    "RACELAB_TEMPORAL_UI_PORT": "28233",
+    "RACELAB_POD_BASE_PORT": "28100",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--lab", choices=("native", "existing"), default="native",
+                     help="native: start a lab for this session; existing: use the running lab of the environment")
+
+
+class Lab:
+    def __init__(self, settings: Settings, owned: bool):
+        self.settings = settings
+        self.owned = owned
+        self.stopped = False
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=check)
+
+    def down(self) -> subprocess.CompletedProcess:
+        self.stopped = True
+        return self.run("-m", "racelab.lab", "down")
+
+
+@pytest.fixture(scope="session")
+def lab(request):
+    if request.config.getoption("--lab") == "existing":
+        yield Lab(Settings.from_env(), owned=False)
+        return
+    state_dir = tempfile.mkdtemp(prefix="racelab-test-", dir="/var/tmp")
+    os.chmod(state_dir, 0o755)  # PostgreSQL runs as the postgres user and must reach its data dir
+    os.environ.update(TEST_ENV, RACELAB_STATE_DIR=state_dir)
+    lab = Lab(Settings.from_env(), owned=True)
+    up = lab.run("-m", "racelab.lab", "up", check=False)
+    if up.returncode != 0:
+        lab.down()
+        pytest.exit(f"the test lab did not come up:\n{up.stdout}\n{up.stderr}", returncode=1)
+    try:
+        yield lab
+    finally:
+        if not lab.stopped:
+            lab.down()
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""Small clients for the tests: JSON-RPC calls through the gateway, reads of the lab's tables."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+
+from racelab import db
+from racelab.checker.__main__ import wait_for_quiescence
+from racelab.lab.burst import AGENT, event_send
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def post(settings, variant: str, body, *, raw: bytes | None = None, content_type="application/json"):
+    """POST to /<variant>/api; returns (HTTP status, parsed JSON reply or None)."""
+    data = raw if raw is not None else __import__("json").dumps(body).encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{settings.gateway_url}/{variant}/api", data=data,
+                                headers={"Content-Type": content_type}) as resp:
+            try:
+                return resp.status, await resp.json(content_type=None)
+            except ValueError:
+                return resp.status, None
+
+
+async def send_event(settings, variant: str, task_id: str, event_id: str, sequence_id: int = 1, task_params=None):
+    body = event_send(task_id, event_id, sequence_id, f"hello {sequence_id}")
+    if task_params:
+        body["params"]["task"]["params"] = task_params
+    return await post(settings, variant, body)
+
+
+async def get_state(settings, variant: str, task_id: str, agent_id: str = AGENT["id"]):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{settings.gateway_url}/{variant}/tasks/{task_id}/state",
+                               params={"agent_id": agent_id}) as resp:
+            return resp.status, await resp.json()
+
+
+async def table_counts(settings, task_id: str | None = None) -> dict[str, int]:
+    """Rows per table: all rows of the ingestion tables (what a request records directly), or
+    every table's rows for one task."""
+    tables = ("events", "tasks") if task_id is None else ("events", "tasks", "task_states", "effects", "trackers")
+    where = "" if task_id is None else " WHERE task_id = $1"
+    args = () if task_id is None else (task_id,)
+    async with db.connection(settings.pg_dsn) as conn:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}{where}", *args) for t in tables}
+
+
+async def counts_for(settings, task_prefix: str, settle_s: float = 3.0):
+    results, quiescent = await wait_for_quiescence(settings.pg_dsn, task_prefix, settle_s=settle_s, timeout_s=120)
+    assert quiescent, f"tasks {task_prefix}* did not become quiescent"
+    return results
+
+
+async def wait_until(predicate, timeout_s: float = 30.0, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(poll_s)
