@@ -35,7 +35,9 @@ def test_full_agentex_shape_is_accepted_with_extra_fields():
     (lambda d: d["params"]["task"].update(id=""), protocol.INVALID_PARAMS),
     (lambda d: d["params"]["agent"].update(id="x" * 300), protocol.INVALID_PARAMS),
     (lambda d: d.update(id={"not": "scalar"}), protocol.INVALID_REQUEST),
-])
+], ids=["no jsonrpc", "unknown method", "params array", "no event.id", "event.id number", "content string",
+        "sequence_id string", "sequence_id bool", "event.task_id differs", "empty task.id", "agent.id too long",
+        "rpc id object"])
 def test_invalid_requests_get_the_standard_code(mutate, code):
     doc = event_send("task-1", "ev-1", 1, "hi")
     mutate(doc)
