@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the native lab needs, and only what is missing: Debian packages (nginx,
-# redis-server, PostgreSQL server, python3-venv), then this project into a virtualenv.
+# redis-server, prometheus, PostgreSQL server, python3-venv), then this project into a virtualenv.
 # Idempotent: a second run installs nothing. Used by `make install` (and so `make up`/`make test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ PYTHON=${PYTHON:-python3}
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v postgres >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

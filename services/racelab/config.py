@@ -46,6 +46,8 @@ class Settings:
     redis_port: int = 56379
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
+    temporal_metrics_port: int = 7235
+    prometheus_port: int = 9090
     pod_base_port: int = 18000
     replicas: int = 3
     workers: int = 2
@@ -69,6 +71,8 @@ class Settings:
             redis_port=_int("RACELAB_REDIS_PORT", 56379),
             temporal_port=_int("RACELAB_TEMPORAL_PORT", 7233),
             temporal_ui_port=_int("RACELAB_TEMPORAL_UI_PORT", 8233),
+            temporal_metrics_port=_int("RACELAB_TEMPORAL_METRICS_PORT", 7235),
+            prometheus_port=_int("RACELAB_PROMETHEUS_PORT", 9090),
             pod_base_port=_int("RACELAB_POD_BASE_PORT", 18000),
             replicas=_int("RACELAB_REPLICAS", 3),
             workers=_int("RACELAB_WORKERS", 2),
@@ -111,3 +115,12 @@ class Settings:
     def worker_port(self, replica: int) -> int:
         """Health/metrics port of a Temporal worker process."""
         return self.pod_base_port + 10 * len(VARIANTS) + replica
+
+    @property
+    def checker_port(self) -> int:
+        """Port of the checker exporter."""
+        return self.pod_base_port + 10 * (len(VARIANTS) + 1)
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"

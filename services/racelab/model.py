@@ -9,7 +9,7 @@ import asyncio
 import random
 import uuid
 
-from . import db
+from . import db, metrics
 
 
 class Model:
@@ -25,6 +25,7 @@ class Model:
     async def call(self, pool, variant: str, task_id: str, agent_id: str, event_ids: list[str]) -> str:
         """One model call serving event_ids (one for most variants, a batch for locked)."""
         await asyncio.sleep(self.delay_s())
+        metrics.MODEL_CALLS.labels(variant).inc()
         call_id = str(uuid.uuid4())
         await db.record_effects(pool, variant, task_id, agent_id, call_id, event_ids)
         return call_id

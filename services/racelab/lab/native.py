@@ -21,7 +21,7 @@ import aiohttp
 
 from .. import db
 from ..config import VARIANTS, Settings
-from .topology import STAGES, Instance, Service, nginx_conf, paths, services, venv_binary
+from .topology import STAGES, Instance, Service, nginx_conf, paths, prometheus_conf, services, venv_binary
 
 MARKER = "RACELAB_LAB_ID"  # in the environment of every process of a lab: how down finds stragglers
 
@@ -167,7 +167,7 @@ async def healthy(inst: Instance, settings: Settings, session: aiohttp.ClientSes
             client = await Client.connect(settings.temporal_address)
             return await client.service_client.check_health()
         elif kind == "http":
-            async with session.get(f"http://{settings.host}:{inst.port}/healthz") as resp:
+            async with session.get(f"http://{settings.host}:{inst.port}{inst.service.health_path}") as resp:
                 return resp.status == 200
         elif kind == "gateway":
             for variant in VARIANTS:
@@ -212,6 +212,8 @@ def urls(settings: Settings) -> list[str]:
     return [f"gateway        {g}/<variant>/api   (variants: {', '.join(VARIANTS)})",
             f"state          {g}/<variant>/tasks/<task id>/state?agent_id=<agent id>",
             f"temporal UI    http://{settings.host}:{settings.temporal_ui_port}",
+            f"prometheus     {settings.prometheus_url}",
+            f"checker        http://{settings.host}:{settings.checker_port}/metrics   (counts as gauges)",
             f"postgres       {settings.pg_dsn}",
             f"redis          {settings.redis_url}",
             f"logs           {paths(settings)['logs']}/<component>.log"]
@@ -228,13 +230,14 @@ def up(settings: Settings) -> int:
     svcs = services(settings, run_as)
     check_ports_free(settings, svcs)
     p = paths(settings)
-    for key in ("logs", "redis", "temporal", "supervisor", "nginx"):
+    for key in ("logs", "redis", "temporal", "supervisor", "nginx", "prometheus"):
         p[key].mkdir(parents=True, exist_ok=True)
     (p["nginx"] / "tmp").mkdir(exist_ok=True)
     settings.state_dir.chmod(0o755)
     say(f"racelab: starting the native lab in {settings.state_dir}")
     init_postgres(settings, run_as)
     (p["nginx"] / "nginx.conf").write_text(nginx_conf(settings))
+    (p["prometheus"] / "prometheus.yml").write_text(prometheus_conf(settings))
     sp = supervisor_paths(settings)
     sp["conf"].write_text(supervisor_conf(settings, svcs))
     subprocess.run([venv_binary("supervisord"), "-c", str(sp["conf"])], check=True)

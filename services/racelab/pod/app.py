@@ -7,20 +7,18 @@ variant processes it after the reply. Bad input gets a JSON-RPC error and record
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .. import db, protocol
+from .. import db, metrics, protocol
 from ..config import Settings
 from ..model import Model
 from ..protocol import RpcError
 from ..variants import PodContext, Variant, load_variant
 
 log = logging.getLogger("racelab.pod")
-
-REQUESTS = Counter("racelab_pod_requests_total", "JSON-RPC requests by method and outcome",
-                   ["variant", "method", "outcome"])
 
 VARIANT_KEY = web.AppKey("variant", Variant)
 
@@ -32,6 +30,7 @@ def rpc_error(exc: RpcError) -> web.Response:
 async def handle_api(request: web.Request) -> web.Response:
     variant = request.app[VARIANT_KEY]
     method = "unknown"
+    started = time.perf_counter()
     try:
         if request.content_type != "application/json":
             raise RpcError(protocol.INVALID_REQUEST,
@@ -46,13 +45,15 @@ async def handle_api(request: web.Request) -> web.Response:
         method = req.method
         result = await dispatch(variant, req)
     except RpcError as exc:
-        REQUESTS.labels(variant.name, method, "rejected").inc()
+        metrics.REQUESTS.labels(variant.name, method, "rejected").inc()
         return rpc_error(exc)
     except Exception:
         log.exception("internal error on %s", method)
-        REQUESTS.labels(variant.name, method, "error").inc()
+        metrics.REQUESTS.labels(variant.name, method, "error").inc()
         return web.json_response(RpcError(protocol.INTERNAL_ERROR, "internal error").body(), status=500)
-    REQUESTS.labels(variant.name, method, "ok").inc()
+    metrics.REQUESTS.labels(variant.name, method, "ok").inc()
+    if method == "event/send":
+        metrics.ACK_SECONDS.labels(variant.name).observe(time.perf_counter() - started)
     return web.json_response(protocol.result_body(req.rpc_id, result))
 
 
@@ -61,8 +62,10 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
     if req.method == "event/send":
         event = protocol.parse_event_send(req)
 
+        accepted_at = time.time()
+
         async def handoff(conn, fresh: bool) -> None:
-            await variant.handoff(conn, event, fresh)
+            await variant.handoff(conn, event, fresh, accepted_at)
         try:
             fresh = await db.record_event(pool, variant.name, event, handoff)
         except db.TaskCancelled:
@@ -71,7 +74,7 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
         except db.EventIdConflict:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: event id {event.event_id!r} was already "
                            "sent for another task", http_status=409, rpc_id=req.rpc_id) from None
-        variant.after_ack(event, fresh)
+        variant.after_ack(event, fresh, accepted_at)
         return {"status": "processing"}
     ref = protocol.parse_task(req)
     if req.method == "task/create":
@@ -123,9 +126,7 @@ def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Applic
         variant = load_variant(variant_name, ctx)
         await variant.start()
         app[VARIANT_KEY] = variant
-        for method in protocol.METHODS + ("unknown",):  # series exist at 0
-            for outcome in ("ok", "rejected", "error"):
-                REQUESTS.labels(variant_name, method, outcome)
+        metrics.init(variant_name)
         yield
         await variant.stop()
         await pool.close()

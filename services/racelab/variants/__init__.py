@@ -41,11 +41,11 @@ class Variant:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def handoff(self, conn, event: Event, fresh: bool) -> None:
+    async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
         """Runs inside the transaction that records the event (default: nothing)."""
 
-    def after_ack(self, event: Event, fresh: bool) -> None:
-        """Runs once the reply is on its way: processing happens after the reply."""
+    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+        """Runs once the reply is on its way (acked_at: epoch seconds): processing happens after it."""
 
     async def on_task_created(self, ref: TaskRef) -> None:
         pass

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import redis.asyncio as redis
 from redis.exceptions import LockError
 
-from .. import db
+from .. import db, metrics
 from ..protocol import Event
 from ..state import apply_events
 from . import Variant
@@ -48,7 +49,7 @@ class Locked(Variant):
     async def health(self) -> None:
         await self.redis.ping()
 
-    def after_ack(self, event: Event, fresh: bool) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
         # A re-sent event is woken too: if the first delivery's drain failed, this one recovers it.
         self.wake((event.task_id, event.agent_id))
 
@@ -73,7 +74,11 @@ class Locked(Variant):
         settings = self.ctx.settings
         lock = self.redis.lock(f"racelab:lock:{task_id}:{agent_id}", timeout=settings.lock_ttl_s,
                                blocking_timeout=settings.lock_wait_s, sleep=0.005)
-        if not await lock.acquire():
+        waited = time.perf_counter()
+        acquired = await lock.acquire()
+        metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
+        if not acquired:
+            metrics.LOCK_FAILURES.labels(self.name, "timeout").inc()
             log.warning("lock of %s not acquired in %.0f s; retrying", key, settings.lock_wait_s)
             self._wanted.add(key)
             return
@@ -85,17 +90,19 @@ class Locked(Variant):
             try:
                 await lock.release()
             except LockError:
+                metrics.LOCK_FAILURES.labels(self.name, "expired").inc()
                 log.warning("lock of %s expired while held (fencing kept the state safe)", key)
 
     async def process_batch(self, task_id: str, agent_id: str, fence: int) -> int:
         """Process the events after the cursor; return how many were applied."""
         pool = self.ctx.pool
+        started = time.perf_counter()
         async with pool.acquire() as conn:
             cursor = await conn.fetchval(
                 """SELECT last_processed_seq FROM trackers
                    WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", self.name, task_id, agent_id) or 0
             events = await conn.fetch(
-                """SELECT seq, event_id FROM events WHERE variant = $1 AND task_id = $2 AND agent_id = $3
+                """SELECT seq, event_id, extract(epoch FROM accepted_at)::float8 AS accepted_at FROM events WHERE variant = $1 AND task_id = $2 AND agent_id = $3
                    AND seq > $4 ORDER BY seq LIMIT $5""",
                 self.name, task_id, agent_id, cursor, self.ctx.settings.batch_limit)
             if not events:
@@ -115,6 +122,12 @@ class Locked(Variant):
             await db.write_state(conn, self.name, task_id, agent_id, new_state)
             await db.advance_cursor(conn, self.name, task_id, agent_id, events[-1]["seq"], fence,
                                     f"processed batch of {len(events)} events")
+        now = time.time()
+        metrics.BATCH_SIZE.labels(self.name).observe(len(events))
+        metrics.STATE_WRITES.labels(self.name).inc(len(events))
+        for e in events:
+            metrics.APPLY_SECONDS.labels(self.name).observe(now - e["accepted_at"])
+        metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         return len(events)
 
     async def _sweep_forever(self) -> None:

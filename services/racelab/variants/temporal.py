@@ -7,6 +7,8 @@ A re-sent event is a new signal; the workflow dedupes it on the event id.
 """
 from __future__ import annotations
 
+import time
+
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
@@ -32,12 +34,12 @@ class TemporalVariant(Variant):
         if not await self.client.service_client.check_health():
             raise RuntimeError("temporal frontend is not serving")
 
-    async def handoff(self, conn, event: Event, fresh: bool) -> None:
+    async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
         ref = TaskRef(event.agent_id, event.task_id, event.task_params)
         await self.client.start_workflow(
             WORKFLOW_NAME, workflow_input(self.name, ref), id=event.task_id, task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=SIGNAL_RECEIVE_EVENT, start_signal_args=[event.to_payload()])
+            start_signal=SIGNAL_RECEIVE_EVENT, start_signal_args=[{**event.to_payload(), "accepted_at": accepted_at, "signalled_at": time.time()}])
 
     async def on_task_created(self, ref: TaskRef) -> None:
         await self.client.start_workflow(

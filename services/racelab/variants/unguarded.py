@@ -3,7 +3,9 @@ state back. Two events of one task in flight at once read the same state; the la
 drops the earlier one's update. Meant to lose updates, never to crash."""
 from __future__ import annotations
 
-from .. import db
+import time
+
+from .. import db, metrics
 from ..protocol import Event
 from ..state import apply_events
 from . import Variant
@@ -12,17 +14,21 @@ from . import Variant
 class Unguarded(Variant):
     name = "unguarded"
 
-    def after_ack(self, event: Event, fresh: bool) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
         # Like the seed's handler, every delivery is handled: a client's retry of an event is
         # processed again (and shows up as a duplicate).
-        self.spawn(self.handle(event), f"unguarded {event.event_id}")
+        self.spawn(self.handle(event, acked_at), f"unguarded {event.event_id}")
 
-    async def handle(self, event: Event) -> None:
+    async def handle(self, event: Event, acked_at: float) -> None:
+        started = time.perf_counter()
         pool = self.ctx.pool
         row = await db.read_state(pool, self.name, event.task_id, event.agent_id)
         state = row["state"] if row else None
         await self.ctx.model.call(pool, self.name, event.task_id, event.agent_id, [event.event_id])
         await db.write_state(pool, self.name, event.task_id, event.agent_id, apply_events(state, [event.event_id]))
+        metrics.STATE_WRITES.labels(self.name).inc()
+        metrics.APPLY_SECONDS.labels(self.name).observe(time.time() - acked_at)
+        metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
 
 VARIANT = Unguarded

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from .. import db
+from .. import db, metrics
 from ..config import TASK_QUEUE, Settings
 from ..model import Model
 from .activities import TaskActivities
@@ -24,6 +24,7 @@ from .workflow import TaskWorkflow
 
 async def serve(port: int) -> None:
     settings = Settings.from_env()
+    metrics.init("temporal")
     pool = await db.create_pool(settings.pg_dsn)
     client = await Client.connect(settings.temporal_address)
     activities = TaskActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))

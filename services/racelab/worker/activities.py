@@ -1,9 +1,11 @@
 """Activities of the task workflow: they hold the PostgreSQL pool and the model."""
 from __future__ import annotations
 
+import time
+
 from temporalio import activity
 
-from .. import db
+from .. import db, metrics
 from ..model import Model
 from ..state import apply_events
 
@@ -30,6 +32,7 @@ class TaskActivities:
         """
         variant, task_id, agent_id = params["variant"], params["task_id"], params["agent_id"]
         event_id = params["event"]["event_id"]
+        started = time.perf_counter()
         await self.model.call(self.pool, variant, task_id, agent_id, [event_id])
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -43,4 +46,10 @@ class TaskActivities:
             state = apply_events(row["state"] if row else None, [event_id])
             state["workflow_runs"] = params["workflow_runs"]
             await db.write_state(conn, variant, task_id, agent_id, state)
-            return version + 1
+        now = time.time()
+        metrics.STATE_WRITES.labels(variant).inc()
+        metrics.HANDLER_SECONDS.labels(variant).observe(time.perf_counter() - started)
+        if "accepted_at" in params["event"]:
+            metrics.APPLY_SECONDS.labels(variant).observe(now - params["event"]["accepted_at"])
+            metrics.SIGNAL_TO_APPLY.labels(variant).observe(now - params["event"]["signalled_at"])
+        return version + 1

@@ -1,0 +1,45 @@
+"""Prometheus metrics of pods and workers (base units, `_total` counters, label `variant`, no
+per-task labels). Every label set is created at start so its series exist at 0."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("racelab_requests_total", "JSON-RPC requests by method and outcome",
+                   ["variant", "method", "outcome"])
+ACK_SECONDS = Histogram("racelab_ack_seconds", "Time from request to ack (event/send)", ["variant"],
+                        buckets=LATENCY_BUCKETS)
+HANDLER_SECONDS = Histogram("racelab_handler_seconds", "Duration of one processing run (an event or a batch)",
+                            ["variant"], buckets=LATENCY_BUCKETS)
+MODEL_CALLS = Counter("racelab_model_calls_total", "Simulated model calls", ["variant"])
+STATE_WRITES = Counter("racelab_event_applications_total",
+                       "Events written into a task state by this process (a lost update is counted here too)",
+                       ["variant"])
+APPLY_SECONDS = Histogram("racelab_apply_latency_seconds", "Time from an event's acceptance to its state write",
+                          ["variant"], buckets=LATENCY_BUCKETS)
+LOCK_WAIT = Histogram("racelab_lock_wait_seconds", "Time waiting for the Redis lock", ["variant"],
+                      buckets=LATENCY_BUCKETS)
+LOCK_FAILURES = Counter("racelab_lock_failures_total",
+                        "Lock acquisitions that timed out, or locks that expired while held", ["variant", "reason"])
+BATCH_SIZE = Histogram("racelab_cursor_batch_size_events", "Events processed per cursor batch", ["variant"],
+                       buckets=(1, 2, 3, 5, 8, 13, 20, 30, 50))
+SIGNAL_TO_APPLY = Histogram("racelab_temporal_signal_to_apply_seconds",
+                            "Time from the pod's signal to the workflow's state write", ["variant"],
+                            buckets=LATENCY_BUCKETS)
+
+METHODS = ("task/create", "event/send", "task/cancel", "unknown")
+OUTCOMES = ("ok", "rejected", "error")
+
+
+def init(variant: str) -> None:
+    """Create every series of the variant at 0."""
+    for method in METHODS:
+        for outcome in OUTCOMES:
+            REQUESTS.labels(variant, method, outcome)
+    for metric in (ACK_SECONDS, HANDLER_SECONDS, MODEL_CALLS, STATE_WRITES, APPLY_SECONDS, LOCK_WAIT,
+                   BATCH_SIZE, SIGNAL_TO_APPLY):
+        metric.labels(variant)
+    for reason in ("timeout", "expired"):
+        LOCK_FAILURES.labels(variant, reason)
+
