@@ -6,14 +6,23 @@ PY      := $(VENV)/bin/python
 TASKS   ?= 20
 EVENTS  ?= 30
 PYTEST_ARGS ?=
+USERS    ?= 30
+RATE     ?= 10
+DURATION ?= 60s
+VARIANT  ?=
+HOST     ?=
+LOCUST_ARGS ?=
 
-.PHONY: help install up down status urls burst verify test clean
+.PHONY: help install up down status urls burst verify load report bench test clean
 
 help:
 	@echo "make up       install what is missing, start the native lab, print the URLs"
 	@echo "make status   components, process state and health"
 	@echo "make burst    TASKS x EVENTS concurrent event/send per variant, then the checker's table"
 	@echo "make verify   the checker: counts per variant (exit 1 if locked/temporal lose anything)"
+	@echo "make load     Locust rapid messages (USERS, RATE, DURATION, VARIANT, HOST), then the checker"
+	@echo "make report   an HTML report of the latest load run (results/latest/report.html)"
+	@echo "make bench    the benchmark table (ingest, apply latency, batching, make up time, memory)"
 	@echo "make down     stop everything the lab started"
 	@echo "make test     the test suite (starts and stops its own lab)"
 
@@ -37,6 +46,17 @@ burst:
 
 verify:
 	@$(PY) -m racelab.checker
+
+load:
+	@$(PY) -m racelab.lab.load --users $(USERS) --rate $(RATE) --duration $(DURATION) \
+		$(if $(VARIANT),--variant $(VARIANT)) $(if $(HOST),--host $(HOST)) \
+		$(if $(LOCUST_ARGS),--locust-args "$(LOCUST_ARGS)")
+
+report:
+	@$(PY) -m racelab.report
+
+bench:
+	@$(PY) -m racelab.bench
 
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS)
