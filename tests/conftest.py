@@ -7,6 +7,7 @@ Unit tests of pure logic do not ask for the lab and run without one.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -68,3 +69,16 @@ def lab(request):
         if not lab.stopped:
             lab.down()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def load_run(lab, tmp_path_factory):
+    """One short Locust load (make load) on the session's lab, shared by the observability tests."""
+    results = tmp_path_factory.mktemp("results")
+    env = dict(os.environ, RACELAB_RESULTS_DIR=str(results))
+    done = subprocess.run([sys.executable, "-m", "racelab.lab.load", "--users", "9", "--rate", "9",
+                           "--duration", "12s"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = (results / "latest").resolve()
+    return {"dir": run_dir, "stdout": done.stdout, "checker": json.loads((run_dir / "checker.json").read_text()),
+            "run": json.loads((run_dir / "run.json").read_text())}

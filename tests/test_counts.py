@@ -57,3 +57,11 @@ def test_percentile_nearest_rank():
     values = list(range(1, 101))
     assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
     assert percentile([7.0], 99) == 7.0 and percentile([], 50) is None
+
+
+def test_young_unapplied_events_are_pending_not_lost():
+    events = [LoggedEvent("locked", "t1", "a", "old", 1, 100.0), LoggedEvent("locked", "t1", "a", "new", 2, 108.0)]
+    live = compute(events, [], [], now=110.0, grace_s=5.0)["locked"]
+    assert (live.lost, live.pending) == (1, 1)
+    final = compute(events, [], [])["locked"]
+    assert (final.lost, final.pending) == (2, 0)

@@ -9,6 +9,10 @@ Per task, summed per variant:
   counter_drift processing_count - accepted (negative = lost increments)
   reordered     pairs applied in the opposite order of their sequence_ids
   apply latency applied_at (state) - accepted_at (event log), per distinct applied event
+
+While events still arrive (the exporter's live view), an accepted event not yet applied is
+`pending` rather than lost until it is older than a grace period; after quiescence (the
+checker's verdict) the grace is 0 and nothing is pending.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class VariantCounts:
     accepted: int = 0
     applied: int = 0
     lost: int = 0
+    pending: int = 0
     duplicates: int = 0
     counter_drift: int = 0
     reordered: int = 0
@@ -97,7 +102,8 @@ def inversions(values: list[int]) -> int:
 
 
 def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
-            effects: Iterable[EffectCount], variants: Iterable[str] = ()) -> dict[str, VariantCounts]:
+            effects: Iterable[EffectCount], variants: Iterable[str] = (),
+            now: float | None = None, grace_s: float = 0.0) -> dict[str, VariantCounts]:
     logged: dict[tuple, dict[str, LoggedEvent]] = defaultdict(dict)
     for e in events:
         logged[(e.variant, e.task_id, e.agent_id)][e.event_id] = e
@@ -119,7 +125,10 @@ def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
         counts.tasks += 1
         counts.accepted += len(accepted)
         counts.applied += len(applied)
-        counts.lost += len(set(accepted) - applied)
+        unapplied = [accepted[e].accepted_at for e in set(accepted) - applied]
+        young = sum(1 for t in unapplied if now is not None and t > now - grace_s)
+        counts.pending += young
+        counts.lost += len(unapplied) - young
         counts.duplicates += (len(history) - len(applied)) + sum(n - 1 for n in effect_rows.get(key, []))
         counts.counter_drift += int(state.get("processing_count") or 0) - len(accepted)
 

@@ -25,7 +25,10 @@ GAUGES = {
     "tasks": Gauge("racelab_checker_tasks", "Tasks seen in the event log or the states", ["variant"]),
     "accepted": Gauge("racelab_checker_accepted_events", "Distinct event ids in the event log", ["variant"]),
     "applied": Gauge("racelab_checker_applied_events", "Distinct event ids in the final histories", ["variant"]),
-    "lost": Gauge("racelab_checker_lost_updates", "Accepted events missing from the final history", ["variant"]),
+    "lost": Gauge("racelab_checker_lost_updates",
+                  "Accepted events missing from the history longer than the grace period", ["variant"]),
+    "pending": Gauge("racelab_checker_pending_events",
+                     "Accepted events not applied yet, younger than the grace period", ["variant"]),
     "duplicates": Gauge("racelab_checker_duplicates", "Extra history entries plus extra effect rows", ["variant"]),
     "counter_drift": Gauge("racelab_checker_counter_drift", "processing_count minus accepted events", ["variant"]),
     "reordered": Gauge("racelab_checker_reordered_pairs", "Pairs applied against their sequence_id order",
@@ -39,12 +42,12 @@ for _variant in VARIANTS:
         _gauge.labels(_variant)
 
 
-async def recompute_forever(dsn: str, interval_s: float) -> None:
+async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None:
     while True:
         started = time.perf_counter()
         try:
             async with db.connection(dsn) as conn:
-                results = compute(*await snapshot(conn), variants=VARIANTS)
+                results = compute(*await snapshot(conn), variants=VARIANTS, now=time.time(), grace_s=grace_s)
             for variant, counts in results.items():
                 for key, gauge in GAUGES.items():
                     gauge.labels(variant).set(getattr(counts, key))
@@ -55,7 +58,7 @@ async def recompute_forever(dsn: str, interval_s: float) -> None:
         await asyncio.sleep(max(0.0, interval_s - (time.perf_counter() - started)))
 
 
-async def serve(port: int, interval_s: float) -> None:
+async def serve(port: int, interval_s: float, grace_s: float) -> None:
     settings = Settings.from_env()
     app = web.Application()
     app.router.add_get("/metrics", lambda _: web.Response(body=generate_latest(),
@@ -64,16 +67,18 @@ async def serve(port: int, interval_s: float) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, port).start()
-    await recompute_forever(settings.pg_dsn, interval_s)
+    await recompute_forever(settings.pg_dsn, interval_s, grace_s)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="racelab checker exporter")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between recomputations")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="seconds an accepted event may wait to be applied before it counts as lost")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.port, args.interval))
+    asyncio.run(serve(args.port, args.interval, args.grace))
 
 
 if __name__ == "__main__":

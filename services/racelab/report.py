@@ -1,0 +1,156 @@
+"""`python -m racelab.report` (make report): one HTML page for a load run's results folder.
+
+Per variant over the run's time (Prometheus range queries): lost updates, duplicates, applied
+events/s, ack and apply latency p50/p99; then the checker's final table and the run's settings.
+The plots are SVG drawn by matplotlib and inlined, so the page opens without Grafana and
+without the network.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to SVG only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .checker.counts import COLUMNS, HEADERS  # noqa: E402
+from .config import VARIANTS  # noqa: E402
+from .lab.load import results_root  # noqa: E402
+
+COLORS = {"unguarded": "#d62728", "locked": "#1f77b4", "temporal": "#2ca02c"}
+
+
+def quantile(q: float, metric: str) -> str:
+    return f"histogram_quantile({q}, sum by (variant, le) (rate({metric}_bucket[30s])))"
+
+
+# (title, unit, [(PromQL by variant, line style suffix)])
+PLOTS = [
+    ("Lost updates (checker, whole lab)", "events", [("racelab_checker_lost_updates", "")]),
+    ("Duplicates (checker, whole lab)", "events", [("racelab_checker_duplicates", "")]),
+    ("Applied events/s", "events/s", [("sum by (variant) (rate(racelab_event_applications_total[30s]))", "")]),
+    ("Ack latency", "ms", [(quantile(0.5, "racelab_ack_seconds"), " p50"),
+                           (quantile(0.99, "racelab_ack_seconds"), " p99")]),
+    ("Apply latency", "ms", [(quantile(0.5, "racelab_apply_latency_seconds"), " p50"),
+                             (quantile(0.99, "racelab_apply_latency_seconds"), " p99")]),
+]
+
+
+def query_range(prometheus: str, expr: str, start: float, end: float, step: float = 5.0) -> dict[str, list]:
+    """{variant: [(t, value), ...]} for a range query."""
+    url = f"{prometheus}/api/v1/query_range?" + urllib.parse.urlencode(
+        {"query": expr, "start": start, "end": end, "step": step})
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        body = json.load(resp)
+    if body.get("status") != "success":
+        raise RuntimeError(f"Prometheus refused {expr}: {body}")
+    return {r["metric"].get("variant", "all"): [(float(t), float(v)) for t, v in r["values"]]
+            for r in body["data"]["result"]}
+
+
+def svg_plot(title: str, unit: str, series: list[tuple[str, str, list]], t0: float) -> str:
+    fig, ax = plt.subplots(figsize=(7.5, 3.2), dpi=96)
+    for variant, suffix, points in series:
+        points = [(t, v) for t, v in points if v == v]  # drop NaN (no observations in the window)
+        if not points:
+            continue
+        scale = 1000.0 if unit == "ms" else 1.0
+        ax.plot([t - t0 for t, _ in points], [v * scale for _, v in points], label=variant + suffix,
+                color=COLORS.get(variant), linestyle="--" if suffix.strip() == "p99" else "-")
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel(unit)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="upper left")
+    buf = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def checker_table(checker: dict) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+    rows = []
+    for variant, counts in checker["variants"].items():
+        cells = []
+        for col in COLUMNS:
+            value = counts[col]
+            shown = "-" if value is None else f"{value:.0f}" if isinstance(value, float) else str(value)
+            cells.append(f'<td data-variant="{html.escape(variant)}" data-key="{col}">{html.escape(shown)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class='counts'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def render(run_dir: Path) -> Path:
+    run = json.loads((run_dir / "run.json").read_text())
+    checker = json.loads((run_dir / "checker.json").read_text())
+    start, end = run["started_at"] - 5, run["ended_at"] + 5
+    plots = []
+    for title, unit, queries in PLOTS:
+        series = []
+        for expr, suffix in queries:
+            for variant, points in sorted(query_range(run["prometheus_url"], expr, start, end).items()):
+                if variant in run["variants"]:
+                    series.append((variant, suffix, points))
+        plots.append(f"<figure>{svg_plot(title, unit, series, run['started_at'])}</figure>")
+    settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in run.items())
+    verdict = ("locked and temporal lost nothing, duplicated nothing, no counter drift" if checker["ok"]
+               else "locked or temporal LOST, DUPLICATED or DRIFTED")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>racelab run {html.escape(run_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 80em; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, th[scope] {{ text-align: left; }}
+.verdict {{ font-size: 1.2em; padding: 0.5em 1em; background: {'#e8f5e9' if checker['ok'] else '#fdecea'}; }}
+figure {{ display: inline-block; margin: 0.5em; }}
+</style></head><body>
+<h1>racelab run {html.escape(run_dir.name)}</h1>
+<p>{run['users']} Locust users for {html.escape(str(run['duration']))} against {html.escape(run['host'])},
+variants {html.escape(', '.join(run['variants']))}, model {run['model_latency_ms']:.0f} ± {run['model_jitter_ms']:.0f} ms,
+{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run['started_at']))}.</p>
+<p class="verdict">{html.escape(verdict)}</p>
+<h2>Final counts (this run's tasks, checker after quiescence)</h2>
+{checker_table(checker)}
+<h2>Over time</h2>
+<p>From Prometheus. The checker's gauges count every task in the lab, not only this run's.</p>
+{''.join(plots)}
+<h2>Settings</h2>
+<table>{settings}</table>
+<p>Locust's own report: <a href="locust.html">locust.html</a>.</p>
+</body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="an HTML report of a load run")
+    parser.add_argument("--run", type=Path, help="results folder (default: results/latest)")
+    args = parser.parse_args()
+    run_dir = (args.run or results_root() / "latest").resolve()
+    if not (run_dir / "run.json").is_file():
+        raise SystemExit(f"no load run in {run_dir}: run `make load` first")
+    try:
+        out = render(run_dir)
+    except OSError as exc:
+        raise SystemExit(f"cannot reach Prometheus for {run_dir.name}: {exc}. Is the lab up (make up)?")
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""After the session's short Locust load (conftest: load_run), every dashboard query against the real
+Prometheus, the checker exporter's gauges, and the run's results folder."""
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from racelab import db
+from racelab.checker.counts import compute
+from racelab.checker.read import snapshot
+from racelab.config import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "dashboards" / "grafana" / "dashboards" / "racelab-variants.json"
+DATASOURCE = ROOT / "dashboards" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here: covers the whole short load
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+
+
+async def prom_query(settings, expr: str) -> list[dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{settings.prometheus_url}/api/v1/query", params={"query": expr}) as resp:
+            body = await resp.json()
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def test_load_run_keeps_its_results(load_run):
+    d, checker = load_run["dir"], load_run["checker"]
+    for name in ("locust_stats.csv", "locust.html", "locust.log", "run.json", "checker.json"):
+        assert (d / name).is_file(), name
+    assert checker["quiescent"] and checker["ok"]
+    assert checker["variants"]["unguarded"]["lost"] > 0
+    for variant in ("locked", "temporal"):
+        c = checker["variants"][variant]
+        assert (c["lost"], c["duplicates"], c["counter_drift"]) == (0, 0, 0) and c["accepted"] > 0
+    # every request Locust saw acked is in the event log (the final summary, not the lagging CSV)
+    for variant in VARIANTS:
+        line = re.search(rf"POST\s+/{variant}/api event/send\s+(\d+)\s+(\d+)\(", load_run["stdout"])
+        assert line, f"no Locust summary line for {variant}"
+        requests, failures = int(line.group(1)), int(line.group(2))
+        assert failures == 0
+        assert checker["variants"][variant]["accepted"] >= requests > 0
+
+
+@pytest.mark.parametrize("title, expr", dashboard_exprs(), ids=[f"{t}: {e[:40]}" for t, e in dashboard_exprs()])
+async def test_dashboard_query_returns_data(lab, load_run, title, expr):
+    query = expr.replace("$__rate_interval", RATE_INTERVAL)
+    deadline = time.monotonic() + 30
+    while True:
+        result = await prom_query(lab.settings, query)
+        values = [float(r["value"][1]) for r in result]
+        if any(not math.isnan(v) for v in values) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert result, f"panel {title!r} would show No data: {query}"
+    assert any(not math.isnan(v) for v in values), f"panel {title!r} has only NaN: {query}"
+
+
+async def test_checker_gauges_in_prometheus_match_the_counts(lab, load_run):
+    """The lost-updates series: > 0 for unguarded, 0 for locked and temporal, and equal to the
+    checker's counts over the whole lab once the exporter and Prometheus have caught up."""
+    async with db.connection(lab.settings.pg_dsn) as conn:
+        counts = compute(*await snapshot(conn), variants=VARIANTS)
+    deadline = time.monotonic() + 40
+    while True:
+        series = {r["metric"]["variant"]: float(r["value"][1])
+                  for r in await prom_query(lab.settings, "racelab_checker_lost_updates")}
+        if series == {v: float(c.lost) for v, c in counts.items()} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert series == {v: float(c.lost) for v, c in counts.items()}
+    assert series["unguarded"] > 0 and series["locked"] == 0 and series["temporal"] == 0
+
+
+def test_dashboard_uses_the_provisioned_datasource():
+    uid = re.search(r"^\s*uid:\s*(\S+)", DATASOURCE.read_text(), re.M).group(1)
+    dash = json.loads(DASHBOARD.read_text())
+    uids = {p["datasource"]["uid"] for p in dash["panels"]} | {
+        t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
+    assert uids == {uid}
+    for _, expr in dashboard_exprs():
+        assert "[$__rate_interval]" in expr or "rate(" not in expr, expr
