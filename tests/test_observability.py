@@ -2,7 +2,6 @@
 Prometheus, the checker exporter's gauges, and the run's results folder."""
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path

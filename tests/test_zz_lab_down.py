@@ -1,5 +1,6 @@
 """Runs last (file order): `down` stops every process of the session's lab, by pid and marker."""
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,13 @@ from racelab.lab.topology import services
 def test_down_leaves_no_process_running(lab):
     if not lab.owned:
         pytest.skip("--lab=existing: the lab is not ours to stop")
-    assert lab_processes(lab.settings), "the lab should be running before down"
+    before = lab_processes(lab.settings)
+    cmdlines = " | ".join(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                          for pid in before if Path(f"/proc/{pid}").exists())
+    # every kind of process is found, including those that rewrite their titles
+    for kind in ("supervisord", "redis-server", "postgres: ", "nginx: worker", "temporal server", "racelab.pod",
+                 "racelab.worker", "racelab.checker", "prometheus"):
+        assert kind in cmdlines, f"{kind} not among the lab's processes"
     done = lab.down()
     assert done.returncode == 0, done.stdout + done.stderr
     assert lab_processes(lab.settings) == []

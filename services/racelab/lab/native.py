@@ -273,19 +273,35 @@ def up(settings: Settings) -> int:
 
 
 def lab_processes(settings: Settings) -> list[int]:
-    """Pids of processes carrying this lab's marker in their environment."""
+    """Pids of this lab's processes: those carrying its marker in their environment or naming its
+    own paths on their command line, and all their descendants. (nginx and PostgreSQL rewrite their
+    process titles over the environment, so their children are found through the tree.)"""
     marker = f"{MARKER}={settings.state_dir}".encode()
-    found = []
+    # paths only the lab's own command lines name (a `tail -f` of a log must not match)
+    own_paths = [str(p).encode() for p in (supervisor_paths(settings)["conf"], paths(settings)["pgdata"],
+                                           paths(settings)["nginx"], paths(settings)["prometheus"])]
+    parents: dict[int, int] = {}
+    roots: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
         try:
+            stat = (entry / "stat").read_text()
+            parents[pid] = int(stat[stat.rindex(")") + 2:].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
             env = (entry / "environ").read_bytes()
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
-        if marker in env.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+        if marker in env.split(b"\0") or any(p in cmdline for p in own_paths):
+            roots.add(pid)
+    found = set(roots)
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
+        found |= children
+        grew = bool(children)
+    return sorted(found)
 
 
 def down(settings: Settings, quiet: bool = False) -> int:

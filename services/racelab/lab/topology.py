@@ -87,7 +87,8 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                 (settings.pg_port,), "postgres", run_as=run_as_postgres, stop_signal="INT"),
         Service("redis", "infra",
                 (find_binary("redis-server", "/usr/bin/redis-server"), "--bind", host, "--port", "{port}",
-                 "--save", "", "--appendonly", "no", "--dir", str(p["redis"])),
+                 "--save", "", "--appendonly", "no", "--dir", str(p["redis"]),
+                 "--set-proc-title", "no"),  # keep argv and environment intact: `down` finds it by them
                 (settings.redis_port,), "redis"),
         Service("temporal", "infra",
                 (venv_binary("temporal"), "server", "start-dev", "--ip", host, "--port", "{port}",

@@ -1,0 +1,1 @@
+"""The benchmark (make bench): every figure measured in one run, reported as ratios."""

@@ -1,0 +1,47 @@
+"""The baseline of the ingest benchmark: a bare aiohttp pod doing one INSERT per request.
+
+No validation beyond json.loads, no variant, no task row: the least a pod that records an event
+can do. `python -m racelab.bench.bare_pod --port N`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import asyncpg
+from aiohttp import web
+
+from ..config import Settings
+
+
+def make_app(dsn: str) -> web.Application:
+    app = web.Application()
+
+    async def lifecycle(app):
+        app["pool"] = await asyncpg.create_pool(dsn, min_size=2, max_size=10)
+        await app["pool"].execute("CREATE TABLE IF NOT EXISTS bench_bare (id bigserial PRIMARY KEY, body text)")
+        yield
+        await app["pool"].close()
+
+    async def api(request: web.Request) -> web.Response:
+        body = await request.read()
+        doc = json.loads(body)
+        await request.app["pool"].execute("INSERT INTO bench_bare (body) VALUES ($1)", body.decode())
+        return web.json_response({"jsonrpc": "2.0", "id": doc.get("id"), "result": {"status": "processing"}})
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/bare/api", api)  # the path the benchmark client uses for every target
+    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    web.run_app(make_app(settings.pg_dsn), host=settings.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
