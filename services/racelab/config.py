@@ -60,6 +60,7 @@ class Settings:
     pg_dsn_override: str = ""
     redis_url_override: str = ""
     temporal_address_override: str = ""
+    gateway_url_override: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -85,6 +86,7 @@ class Settings:
             pg_dsn_override=os.environ.get("RACELAB_PG_DSN", ""),
             redis_url_override=os.environ.get("RACELAB_REDIS_URL", ""),
             temporal_address_override=os.environ.get("RACELAB_TEMPORAL_ADDRESS", ""),
+            gateway_url_override=os.environ.get("RACELAB_GATEWAY_URL", ""),
         )
 
     # Connection strings: derived from the ports natively, overridable (compose sets them).
@@ -106,7 +108,7 @@ class Settings:
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.gateway_port}"
+        return self.gateway_url_override or f"http://{self.host}:{self.gateway_port}"
 
     def pod_port(self, variant: str, replica: int) -> int:
         """Ports of the pods: base + 10 × variant index + replica (1-based)."""

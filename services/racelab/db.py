@@ -223,3 +223,15 @@ async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+if __name__ == "__main__":
+    # `python -m racelab.db`: create the database and apply the schema (compose's one-shot job;
+    # the native lab does the same in `lab up`).
+    import asyncio
+
+    from .config import Settings
+
+    _settings = Settings.from_env()
+    asyncio.run(ensure_database(_settings.pg_admin_dsn, _settings.pg_dsn))
+    print("racelab: schema applied")
