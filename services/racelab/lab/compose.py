@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..config import VARIANTS, Settings
-from .topology import SCRAPE_INTERVAL, Service, services
+from .topology import GATEWAY_HEALTHZ, GATEWAY_PROXY, SCRAPE_INTERVAL, Service, services
 
 ROOT = Path(__file__).resolve().parents[3]
 APP_PORT = 8000  # every Python service listens here inside its container
@@ -193,17 +193,11 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     resolver 127.0.0.11 valid=5s ipv6=off;
-    # the pods answer oversized bodies themselves, with a JSON-RPC error
-    client_max_body_size 8m;
-    client_body_buffer_size 8m;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    proxy_set_header Host $host;
-    proxy_read_timeout 120s;
+{GATEWAY_PROXY}
     server {{
         listen 8080;
 {locations}
-        location = /healthz {{ return 200 '{{"status":"ok","role":"gateway"}}'; default_type application/json; }}
+{GATEWAY_HEALTHZ}
     }}
 }}
 """

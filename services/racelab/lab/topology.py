@@ -136,6 +136,19 @@ def prometheus_conf(settings: Settings) -> str:
             + job("checker", [settings.checker_port]) + job("temporal", [settings.temporal_metrics_port]))
 
 
+# What the gateway does, the same natively and in compose (racelab.lab.compose).
+GATEWAY_PROXY = """\
+    # the pods answer oversized bodies themselves, with a JSON-RPC error
+    client_max_body_size 8m;
+    client_body_buffer_size 8m;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_read_timeout 120s;"""
+GATEWAY_HEALTHZ = """\
+        location = /healthz { return 200 '{"status":"ok","role":"gateway"}'; default_type application/json; }"""
+
+
 def nginx_conf(settings: Settings) -> str:
     """The gateway: one upstream per variant (round-robin), the /<variant>/ prefix stripped."""
     p = paths(settings)
@@ -159,18 +172,12 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
-    # the pods answer oversized bodies themselves, with a JSON-RPC error
-    client_max_body_size 8m;
-    client_body_buffer_size 8m;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    proxy_set_header Host $host;
-    proxy_read_timeout 120s;
+{GATEWAY_PROXY}
 {chr(10).join(upstreams)}
     server {{
         listen {settings.host}:{settings.gateway_port};
 {chr(10).join(locations)}
-        location = /healthz {{ return 200 '{{"status":"ok","role":"gateway"}}'; default_type application/json; }}
+{GATEWAY_HEALTHZ}
     }}
 }}
 """
