@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 
 from racelab import db
-from racelab.checker.__main__ import wait_for_quiescence
+from racelab.checker.quiescence import wait_for_quiescence
 from racelab.lab.burst import AGENT, event_send
 
 

@@ -5,7 +5,7 @@ import pytest
 import pytest_asyncio
 
 from racelab.lab.burst import burst_and_check, fetch_states, run_burst
-from racelab.checker.__main__ import wait_for_quiescence
+from racelab.checker.quiescence import wait_for_quiescence
 
 TASKS, EVENTS = 20, 30
 

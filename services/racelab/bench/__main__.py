@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import db
-from ..checker.__main__ import wait_for_quiescence
+from ..checker.quiescence import wait_for_quiescence
 from ..config import Settings
 from ..lab.burst import run_burst
 from ..lab.load import lab_is_up, results_root

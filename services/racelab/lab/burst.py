@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ..checker.__main__ import verdict, wait_for_quiescence
+from ..checker.quiescence import verdict, wait_for_quiescence
 from ..checker.counts import table
 from ..config import VARIANTS, Settings
 

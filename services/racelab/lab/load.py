@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import db
-from ..checker.__main__ import verdict, wait_for_quiescence
+from ..checker.quiescence import verdict, wait_for_quiescence
 from ..checker.counts import table
 from ..config import VARIANTS, Settings
 from .topology import venv_binary

@@ -1,0 +1,47 @@
+"""Waiting until the lab is quiescent, and the verdict on the guarded variants."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .. import db
+from ..config import VARIANTS
+from .counts import VariantCounts, compute
+from .read import snapshot
+
+GUARDED = ("locked", "temporal")
+
+
+async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float = 3.0, timeout_s: float = 300.0,
+                              poll_s: float = 0.25, applied_settle_s: float = 1.0,
+                              progress=None) -> tuple[dict[str, VariantCounts], bool]:
+    """Recompute the counts until every accepted event is applied, or nothing has changed for
+    settle_s. Returns (counts, quiescent).
+
+    Even when every accepted event is applied, the counts must hold still for a moment
+    (applied_settle_s): a retried event can still be in flight and add a duplicate."""
+    deadline = time.monotonic() + timeout_s
+    last_key, stable_since, last_report = None, time.monotonic(), 0.0
+    async with db.connection(dsn) as conn:
+        while True:
+            results = compute(*await snapshot(conn, task_prefix), variants=VARIANTS)
+            key = tuple(tuple(c.as_dict().values()) for c in results.values())
+            now = time.monotonic()
+            if key != last_key:
+                last_key, stable_since = key, now
+            stable_s = now - stable_since
+            all_applied = all(c.lost == 0 for c in results.values())
+            if stable_s >= settle_s or (all_applied and stable_s >= min(applied_settle_s, settle_s)):
+                return results, True
+            if now >= deadline:
+                return results, False
+            if progress and now - last_report >= 2.0:
+                last_report = now
+                progress("waiting for quiescence: " + ", ".join(
+                    f"{c.variant} {c.applied}/{c.accepted}" for c in results.values()))
+            await asyncio.sleep(poll_s)
+
+
+def verdict(results: dict[str, VariantCounts]) -> list[str]:
+    return [f"{v}: lost={results[v].lost} duplicates={results[v].duplicates} drift={results[v].counter_drift}"
+            for v in GUARDED if v in results and not results[v].safe]
