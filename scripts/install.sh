@@ -19,6 +19,16 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "install: apt-get install ${need[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+  # On a machine with systemd, apt starts the packages' own services (Prometheus would hold
+  # 9090). The lab runs its own instances on its own ports: stop the ones installed just now.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    for pkg in "${need[@]}"; do
+      if systemctl is-active --quiet "$pkg" 2>/dev/null; then
+        echo "install: stopping and disabling the system's $pkg service (racelab runs its own)"
+        $SUDO systemctl disable --now "$pkg" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 "$PYTHON" - <<'PY'
