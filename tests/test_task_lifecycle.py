@@ -1,0 +1,49 @@
+"""task/create and task/cancel through the gateway, for every variant."""
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from racelab.lab.burst import AGENT
+from helpers import counts_for, get_state, new_id, post, send_event, table_counts, wait_until
+
+
+def task_call(method: str, task_id: str) -> dict:
+    return {"jsonrpc": "2.0", "id": f"{method}-{task_id}", "method": method,
+            "params": {"agent": dict(AGENT), "task": {"id": task_id, "name": "lifecycle"}}}
+
+
+@pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
+async def test_create_send_cancel(lab, variant):
+    task = new_id(f"life-{variant}")
+    status, reply = await post(lab.settings, variant, task_call("task/create", task))
+    assert status == 200 and reply["result"] == {"status": "running"}
+    status, body = await get_state(lab.settings, variant, task)
+    assert status == 200 and body["state"] == {"processing_count": 0, "history": [], "applied_at": []}
+
+    assert (await send_event(lab.settings, variant, task, f"{task}-e1"))[0] == 200
+    c = (await counts_for(lab.settings, task))[variant]
+    assert (c.accepted, c.applied, c.lost) == (1, 1, 0)
+
+    status, reply = await post(lab.settings, variant, task_call("task/cancel", task))
+    assert status == 200 and reply["result"] == {"status": "cancelled"}
+    before = await table_counts(lab.settings, task)
+    status, reply = await send_event(lab.settings, variant, task, f"{task}-e2")
+    assert status == 409 and reply["error"]["code"] == -32602 and "cancelled" in reply["error"]["message"]
+    assert await table_counts(lab.settings, task) == before
+
+
+async def test_cancel_ends_the_temporal_workflow(lab):
+    task = new_id("life-wf")
+    assert (await send_event(lab.settings, "temporal", task, f"{task}-e1"))[0] == 200
+    await counts_for(lab.settings, task)
+    assert (await post(lab.settings, "temporal", task_call("task/cancel", task)))[0] == 200
+    handle = (await Client.connect(lab.settings.temporal_address)).get_workflow_handle(task)
+
+    async def completed():
+        return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    assert await wait_until(completed, timeout_s=30)
+    assert (await handle.result())["applied"] == 1
+
+
+async def test_cancel_of_unknown_task_is_404(lab):
+    status, reply = await post(lab.settings, "locked", task_call("task/cancel", new_id("nobody")))
+    assert status == 404 and reply["error"]["code"] == -32602
