@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -18,7 +19,7 @@ def new_id(prefix: str) -> str:
 
 async def post(settings, variant: str, body, *, raw: bytes | None = None, content_type="application/json"):
     """POST to /<variant>/api; returns (HTTP status, parsed JSON reply or None)."""
-    data = raw if raw is not None else __import__("json").dumps(body).encode()
+    data = raw if raw is not None else json.dumps(body).encode()
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{settings.gateway_url}/{variant}/api", data=data,
                                 headers={"Content-Type": content_type}) as resp:

@@ -2,7 +2,8 @@
 per-task labels). Every label set is created at start so its series exist at 0."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -30,6 +31,22 @@ SIGNAL_TO_APPLY = Histogram("racelab_temporal_signal_to_apply_seconds",
 
 METHODS = ("task/create", "event/send", "task/cancel", "unknown")
 OUTCOMES = ("ok", "rejected", "error")
+
+
+async def handle_metrics(_: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def serve_health_and_metrics(role: str, host: str, port: int) -> web.AppRunner:
+    """GET /healthz and /metrics on host:port, for processes that serve nothing else (workers,
+    the checker exporter). Returns the runner, to clean up on exit."""
+    app = web.Application()
+    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok", "role": role}))
+    app.router.add_get("/metrics", handle_metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
 
 
 def init(variant: str) -> None:

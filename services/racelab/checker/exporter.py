@@ -11,10 +11,10 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import Gauge
 
 from .. import db
+from ..metrics import serve_health_and_metrics
 from ..config import VARIANTS, Settings
 from .counts import compute
 from .read import snapshot
@@ -60,13 +60,7 @@ async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None
 
 async def serve(port: int, interval_s: float, grace_s: float) -> None:
     settings = Settings.from_env()
-    app = web.Application()
-    app.router.add_get("/metrics", lambda _: web.Response(body=generate_latest(),
-                                                          headers={"Content-Type": CONTENT_TYPE_LATEST}))
-    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok", "role": "checker"}))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, port).start()
+    await serve_health_and_metrics("checker", settings.host, port)
     await recompute_forever(settings.pg_dsn, interval_s, grace_s)
 
 

@@ -10,8 +10,6 @@ import logging
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from .. import db, metrics, protocol
 from ..config import Settings
 from ..model import Model
@@ -112,10 +110,6 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "variant": variant.name, "pod": variant.ctx.pod_name})
 
 
-async def handle_metrics(_: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Application:
     app = web.Application(client_max_size=protocol.MAX_BODY_BYTES)
 
@@ -135,5 +129,5 @@ def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Applic
     app.router.add_post("/api", handle_api)
     app.router.add_get("/tasks/{task_id}/state", handle_state)
     app.router.add_get("/healthz", handle_health)
-    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/metrics", metrics.handle_metrics)
     return app

@@ -10,8 +10,6 @@ import asyncio
 import logging
 import signal
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -31,13 +29,7 @@ async def serve(port: int) -> None:
     worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow],
                     activities=[activities.load_state, activities.apply_event])
 
-    app = web.Application()
-    app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok", "role": "worker"}))
-    app.router.add_get("/metrics", lambda _: web.Response(body=generate_latest(),
-                                                          headers={"Content-Type": CONTENT_TYPE_LATEST}))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, port).start()
+    runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
