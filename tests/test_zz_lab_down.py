@@ -20,6 +20,7 @@ def test_down_leaves_no_process_running(lab):
         assert kind in cmdlines, f"{kind} not among the lab's processes"
     done = lab.down()
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "leftover" not in done.stdout, "supervisor should have stopped every process by pid: " + done.stdout
     assert lab_processes(lab.settings) == []
     for svc in services(lab.settings):
         for inst in svc.instances():

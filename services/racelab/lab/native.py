@@ -314,7 +314,11 @@ def down(settings: Settings, quiet: bool = False) -> int:
         say("racelab: stopping (supervisor stops each process by pid)")
         supervisorctl(settings, "shutdown", check=False)
         deadline = time.monotonic() + 60
-        while supervisord_pid(settings) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # the process itself, not its pidfile (removed first)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
             time.sleep(0.1)
     # Anything of this lab still alive (a child that ignored its stop signal, a supervisord
     # that was killed): terminate it, then kill what remains.
