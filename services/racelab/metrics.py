@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from . import protocol
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 REQUESTS = Counter("racelab_requests_total", "JSON-RPC requests by method and outcome",
@@ -29,7 +31,7 @@ SIGNAL_TO_APPLY = Histogram("racelab_temporal_signal_to_apply_seconds",
                             "Time from the pod's signal to the workflow's state write", ["variant"],
                             buckets=LATENCY_BUCKETS)
 
-METHODS = ("task/create", "event/send", "task/cancel", "unknown")
+METHODS = protocol.METHODS + ("unknown",)  # "unknown": rejected before the method was known
 OUTCOMES = ("ok", "rejected", "error")
 
 

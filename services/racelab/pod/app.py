@@ -10,6 +10,7 @@ import logging
 import time
 
 from aiohttp import web
+
 from .. import db, metrics, protocol
 from ..config import Settings
 from ..model import Model

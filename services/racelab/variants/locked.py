@@ -102,8 +102,9 @@ class Locked(Variant):
                 """SELECT last_processed_seq FROM trackers
                    WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", self.name, task_id, agent_id) or 0
             events = await conn.fetch(
-                """SELECT seq, event_id, extract(epoch FROM accepted_at)::float8 AS accepted_at FROM events WHERE variant = $1 AND task_id = $2 AND agent_id = $3
-                   AND seq > $4 ORDER BY seq LIMIT $5""",
+                """SELECT seq, event_id, extract(epoch FROM accepted_at)::float8 AS accepted_at FROM events
+                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3 AND seq > $4
+                   ORDER BY seq LIMIT $5""",
                 self.name, task_id, agent_id, cursor, self.ctx.settings.batch_limit)
             if not events:
                 return 0

@@ -39,7 +39,8 @@ class TemporalVariant(Variant):
         await self.client.start_workflow(
             WORKFLOW_NAME, workflow_input(self.name, ref), id=event.task_id, task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=SIGNAL_RECEIVE_EVENT, start_signal_args=[{**event.to_payload(), "accepted_at": accepted_at, "signalled_at": time.time()}])
+            start_signal=SIGNAL_RECEIVE_EVENT,
+            start_signal_args=[{**event.to_payload(), "accepted_at": accepted_at, "signalled_at": time.time()}])
 
     async def on_task_created(self, ref: TaskRef) -> None:
         await self.client.start_workflow(
