@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ import aiohttp
 
 from .. import db
 from ..checker.quiescence import wait_for_quiescence
-from ..config import Settings
+from ..config import VARIANTS, Settings
 from ..lab.burst import run_burst
 from ..lab.load import lab_is_up, results_root
 from ..lab.native import lab_processes
@@ -108,7 +109,7 @@ def make_up_time() -> float:
         return elapsed
     finally:
         subprocess.run(cmd + ["down"], env=env, capture_output=True)
-        subprocess.run(["rm", "-rf", state_dir])
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 GROUPS = (("racelab.pod", "pods"), ("racelab.worker", "temporal workers"), ("racelab.checker", "checker exporter"),
@@ -209,9 +210,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=30, help="events in the one-task burst")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--up-repeat", type=int, default=2)
-    parser.add_argument("--variant", action="append", choices=("unguarded", "locked", "temporal"))
+    parser.add_argument("--variant", action="append", choices=VARIANTS)
     args = parser.parse_args()
-    args.variants = tuple(args.variant or ("unguarded", "locked", "temporal"))
+    args.variants = tuple(args.variant or VARIANTS)
     settings = Settings.from_env()
     problem = asyncio.run(lab_is_up(settings.gateway_url, args.variants))
     if problem:
