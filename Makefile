@@ -64,7 +64,7 @@ urls:
 	@echo "locust UI     http://127.0.0.1:$(LOCUST_PORT)   (during make load UI=1)"
 
 burst:
-	$(COMPOSE) exec -T checker python -m racelab.lab.burst --tasks $(TASKS) --events $(EVENTS)
+	$(COMPOSE) exec -T checker python -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS)
 
 verify:
 	$(COMPOSE) exec -T checker python -m racelab.checker
@@ -101,13 +101,13 @@ urls:
 	@$(PY) -m racelab.lab urls
 
 burst:
-	@$(PY) -m racelab.lab.burst --tasks $(TASKS) --events $(EVENTS)
+	@$(PY) -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS)
 
 verify:
 	@$(PY) -m racelab.checker
 
 load:
-	@$(PY) -m racelab.lab.load --users $(USERS) --rate $(RATE) --duration $(DURATION) \
+	@$(PY) -m racelab.clients.load --users $(USERS) --rate $(RATE) --duration $(DURATION) \
 		$(if $(VARIANT),--variant $(VARIANT)) $(if $(HOST),--host $(HOST)) \
 		$(if $(LOCUST_ARGS),--locust-args "$(LOCUST_ARGS)")
 

@@ -5,7 +5,7 @@ several event/send at it at once (a person typing fast, a webhook storm), then p
 ids are unique; sequence_id increases per task. One user class per variant, equal weights;
 name classes on the command line to load only some (`locust -f locustfile.py LockedUser`).
 
-Run it through `make load` (racelab.lab.load), which runs Locust as its own process (gevent's
+Run it through `make load` (racelab.clients.load), which runs Locust as its own process (gevent's
 monkey-patching breaks asyncio and temporalio in-process) and then the checker.
 Options: --run-id (task id prefix), --tasks-per-user, --burst-size, --pause.
 """

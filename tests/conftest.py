@@ -18,16 +18,19 @@ import pytest
 
 from racelab.config import Settings
 
-# Ports of the test lab: apart from the defaults, so `make test` works beside `make up`.
+# Ports of the test lab: apart from the defaults, so `make test` works beside `make up`, and below
+# the kernel's ephemeral range (32768-60999). RACELAB_TEST_PORT_BASE moves the whole block (the lab
+# uses base .. base+300), so two test sessions can run side by side.
+TEST_PORT_BASE = int(os.environ.get("RACELAB_TEST_PORT_BASE") or 28000)
 TEST_ENV = {
-    "RACELAB_GATEWAY_PORT": "28080",
-    "RACELAB_PG_PORT": "25432",
-    "RACELAB_REDIS_PORT": "26379",
-    "RACELAB_TEMPORAL_PORT": "27233",
-    "RACELAB_TEMPORAL_UI_PORT": "28233",
-    "RACELAB_POD_BASE_PORT": "28100",
-    "RACELAB_TEMPORAL_METRICS_PORT": "27235",
-    "RACELAB_PROMETHEUS_PORT": "29090",
+    "RACELAB_GATEWAY_PORT": str(TEST_PORT_BASE),
+    "RACELAB_PG_PORT": str(TEST_PORT_BASE + 1),
+    "RACELAB_REDIS_PORT": str(TEST_PORT_BASE + 2),
+    "RACELAB_TEMPORAL_PORT": str(TEST_PORT_BASE + 3),
+    "RACELAB_TEMPORAL_UI_PORT": str(TEST_PORT_BASE + 4),
+    "RACELAB_TEMPORAL_METRICS_PORT": str(TEST_PORT_BASE + 5),
+    "RACELAB_PROMETHEUS_PORT": str(TEST_PORT_BASE + 6),
+    "RACELAB_POD_BASE_PORT": str(TEST_PORT_BASE + 100),
 }
 
 
@@ -76,7 +79,7 @@ def load_run(lab, tmp_path_factory):
     """One short Locust load (make load) on the session's lab, shared by the observability tests."""
     results = tmp_path_factory.mktemp("results")
     env = dict(os.environ, RACELAB_RESULTS_DIR=str(results))
-    done = subprocess.run([sys.executable, "-m", "racelab.lab.load", "--users", "9", "--rate", "9",
+    done = subprocess.run([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
                            "--duration", "12s"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = (results / "latest").resolve()

@@ -10,7 +10,7 @@ import aiohttp
 
 from racelab import db
 from racelab.checker.quiescence import wait_for_quiescence
-from racelab.lab.burst import AGENT, event_send
+from racelab.clients.burst import AGENT, event_send
 
 
 def new_id(prefix: str) -> str:

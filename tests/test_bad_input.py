@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from racelab.lab.burst import event_send
+from racelab.clients.burst import event_send
 from helpers import new_id, post, send_event, table_counts
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import pytest_asyncio
 
-from racelab.lab.burst import burst_and_check, fetch_states, run_burst
+from racelab.clients.burst import burst_and_check, fetch_states, run_burst
 from racelab.checker.quiescence import wait_for_quiescence
 
 TASKS, EVENTS = 20, 30

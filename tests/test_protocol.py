@@ -4,7 +4,7 @@ import json
 import pytest
 
 from racelab import protocol
-from racelab.lab.burst import event_send
+from racelab.clients.burst import event_send
 from racelab.protocol import RpcError
 
 

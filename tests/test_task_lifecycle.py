@@ -2,7 +2,7 @@
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from racelab.lab.burst import AGENT
+from racelab.clients.burst import AGENT
 from helpers import counts_for, get_state, new_id, post, send_event, table_counts, wait_until
 
 

@@ -42,8 +42,8 @@ class Settings:
     state_dir: Path
     host: str = "127.0.0.1"
     gateway_port: int = 8080
-    pg_port: int = 55432
-    redis_port: int = 56379
+    pg_port: int = 15432
+    redis_port: int = 16379
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     temporal_metrics_port: int = 7235
@@ -68,8 +68,8 @@ class Settings:
             state_dir=Path(os.environ.get("RACELAB_STATE_DIR") or "/var/tmp/racelab").resolve(),
             host=os.environ.get("RACELAB_HOST") or "127.0.0.1",
             gateway_port=_int("RACELAB_GATEWAY_PORT", 8080),
-            pg_port=_int("RACELAB_PG_PORT", 55432),
-            redis_port=_int("RACELAB_REDIS_PORT", 56379),
+            pg_port=_int("RACELAB_PG_PORT", 15432),
+            redis_port=_int("RACELAB_REDIS_PORT", 16379),
             temporal_port=_int("RACELAB_TEMPORAL_PORT", 7233),
             temporal_ui_port=_int("RACELAB_TEMPORAL_UI_PORT", 8233),
             temporal_metrics_port=_int("RACELAB_TEMPORAL_METRICS_PORT", 7235),

@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # no display: render to SVG only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .checker.counts import COLUMNS, HEADERS  # noqa: E402
-from .lab.load import results_root  # noqa: E402
+from .clients.load import results_root  # noqa: E402
 
 COLORS = {"unguarded": "#d62728", "locked": "#1f77b4", "temporal": "#2ca02c"}
 

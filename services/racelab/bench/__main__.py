@@ -31,14 +31,15 @@ import aiohttp
 from .. import db
 from ..checker.quiescence import wait_for_quiescence
 from ..config import VARIANTS, Settings
-from ..lab.burst import run_burst
-from ..lab.load import lab_is_up, results_root
+from ..clients.burst import run_burst
+from ..clients.load import lab_is_up, results_root
 from ..lab.native import lab_processes
 
-SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "38080", "RACELAB_PG_PORT": "35432", "RACELAB_REDIS_PORT": "36379",
-                    "RACELAB_TEMPORAL_PORT": "37233", "RACELAB_TEMPORAL_UI_PORT": "38233",
-                    "RACELAB_TEMPORAL_METRICS_PORT": "37235", "RACELAB_PROMETHEUS_PORT": "39090",
-                    "RACELAB_POD_BASE_PORT": "38100"}
+# the second lab's ports: apart from the default and test labs, below the ephemeral range
+SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "21000", "RACELAB_PG_PORT": "21001", "RACELAB_REDIS_PORT": "21002",
+                    "RACELAB_TEMPORAL_PORT": "21003", "RACELAB_TEMPORAL_UI_PORT": "21004",
+                    "RACELAB_TEMPORAL_METRICS_PORT": "21005", "RACELAB_PROMETHEUS_PORT": "21006",
+                    "RACELAB_POD_BASE_PORT": "21100"}
 
 
 def say(msg: str) -> None:

@@ -1,4 +1,4 @@
-"""`python -m racelab.lab.burst`: a concurrent burst of event/send through the gateway.
+"""`python -m racelab.clients.burst`: a concurrent burst of event/send through the gateway.
 
 Each task gets all its events at once (as when a person types fast or a webhook storm hits),
 every variant the same tasks. The client keeps its own ledger of acked event ids, reads the

@@ -1,4 +1,4 @@
-"""`python -m racelab.lab.load` (make load): Locust against the gateway, then the checker.
+"""`python -m racelab.clients.load` (make load): Locust against the gateway, then the checker.
 
 Locust runs as its own process (gevent's monkey-patching breaks asyncio and temporalio in the
 same process). Everything of a run goes to one results folder: Locust's CSV and HTML, its
@@ -23,7 +23,7 @@ from .. import db
 from ..checker.quiescence import verdict, wait_for_quiescence
 from ..checker.counts import table
 from ..config import VARIANTS, Settings
-from .topology import venv_binary
+from ..lab.topology import venv_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
