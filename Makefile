@@ -17,13 +17,26 @@ VARIANT  ?=
 HOST     ?=
 UI       ?=
 LOCUST_ARGS ?=
+# make load: share of acked events redelivered with the same id (0 for none); FAULTS: a nemesis spec
+DUP_RATE ?= 0.05
+FAULTS   ?=
+CHAOS_ARGS ?=
 PYTEST_ARGS ?=
 
 -include .env
-# VARIANT=locked -> LockedUser (the locustfile's user class)
-LOCUST_CLASS = $(if $(VARIANT),$(shell echo $(VARIANT) | sed 's/^./\U&/')User)
+# VARIANTS=all or a comma list (e.g. VARIANTS=locked,queue): which variants run; every command
+# (up, status, burst, verify, load, matrix, test's lab...) reads it as RACELAB_VARIANTS
+ifdef VARIANTS
+export RACELAB_VARIANTS := $(VARIANTS)
+endif
+# VARIANT=locked -> LockedUser, temporal-naive -> TemporalNaiveUser (the locustfile's user class);
+# POSIX awk: GNU sed's upper-case escape is not portable (BSD sed on macOS printed "UlockedUser")
+LOCUST_CLASS = $(if $(VARIANT),$(shell echo '$(VARIANT)' | awk -F- '{ for (i = 1; i <= NF; i++) \
+	printf "%s%s", toupper(substr($$i, 1, 1)), substr($$i, 2); print "User" }'))
+# `docker compose wait` (make load) came with Compose v2.20; older ones fail there, after the run
+COMPOSE_MIN := 2.20
 
-.PHONY: help install up down status urls logs burst verify load report bench compose-files test clean
+.PHONY: help install compose-version up down status urls logs burst verify load chaos report bench compose-files test fuzz clean
 
 help:
 	@echo "runtime: $(RUNTIME)   (RUNTIME=docker|native to force one)"
@@ -32,18 +45,31 @@ help:
 	@echo "make logs     follow the logs"
 	@echo "make burst    TASKS x EVENTS concurrent event/send per variant, then the checker's table"
 	@echo "make verify   the checker: counts per variant (exit 1 if locked/temporal lose anything)"
-	@echo "make load     Locust rapid messages (USERS, RATE, DURATION, VARIANT, HOST; UI=1 with docker), then the checker"
+	@echo "make load     Locust rapid messages (USERS, RATE, DURATION, VARIANT, HOST, DUP_RATE, FAULTS; UI=1 with docker),"
+	@echo "              at-least-once with a client ledger, then the checker"
+	@echo "make chaos    a burst per fault kind (kill pod/worker/redis/postgres/temporal, pause pod), judged;"
+	@echo "              FAULTS='kill-redis@every30s' DURATION=2m: only the nemesis, beside make load"
 	@echo "make report   an HTML report of the latest native load run (results/latest/report.html)"
 	@echo "make bench    the benchmark table (native lab)"
 	@echo "make down     stop everything the lab started (docker: containers and volumes)"
 	@echo "make test     the test suite (starts and stops its own native lab)"
+	@echo "make fuzz     the long property-based fuzz of /api and the state endpoint (native; RACELAB_FUZZ_EXAMPLES, default 10000)"
 
 install:
 	@scripts/install.sh
 
 ifeq ($(RUNTIME),docker)
 
-up:
+compose-version:
+	@v=$$($(COMPOSE) version --short 2>/dev/null | sed 's/^v//'); \
+	if ! echo "$$v" | awk -F. -v min=$(COMPOSE_MIN) '{ split(min, m, "."); \
+		exit !($$1 + 0 > m[1] || ($$1 + 0 == m[1] && $$2 + 0 >= m[2])) }'; then \
+		echo "racelab needs Docker Compose v$(COMPOSE_MIN) or newer; \`$(COMPOSE) version\` says: $${v:-nothing}." >&2; \
+		echo "Update Docker (Desktop) or the compose plugin, or run the native lab: make up RUNTIME=native" >&2; \
+		exit 1; \
+	fi
+
+up: compose-version
 	$(COMPOSE) up -d --build --wait
 	@$(MAKE) --no-print-directory urls
 
@@ -69,16 +95,29 @@ burst:
 verify:
 	$(COMPOSE) exec -T checker python -m racelab.checker
 
-load:
+# ./results/compose is created here, by the user who runs make, and Locust runs as that user: a
+# bind mount the daemon creates would be root's, and Locust could not write its reports there
+load: compose-version
+	@mkdir -p results/compose
 	@run_id=compose-$$(date +%Y%m%d-%H%M%S)-; \
-	USERS=$(USERS) RATE=$(RATE) DURATION=$(DURATION) RUN_ID=$$run_id LOCUST_CLASSES="$(LOCUST_CLASS)" \
-	LOCUST_MODE="$(if $(UI),--autostart --autoquit 10,--headless)" \
-	$(COMPOSE) --profile load up -d --build --force-recreate --no-deps locust-master locust-worker && \
+	USERS=$(USERS) RATE=$(RATE) DURATION=$(DURATION) RUN_ID=$$run_id LOCUST_CLASSES="$(LOCUST_CLASS)" DUP_RATE=$(DUP_RATE) \
+	LOCUST_MODE="$(if $(UI),--autostart --autoquit 10,--headless)" RACELAB_UID=$$(id -u) RACELAB_GID=$$(id -g) \
+	$(COMPOSE) --profile load up -d --force-recreate --no-deps locust-master locust-worker && \
 	echo "load: Locust running (run id $$run_id); waiting for it to finish" && \
 	$(COMPOSE) wait locust-master; \
 	$(COMPOSE) --profile load stop locust-worker; \
 	$(COMPOSE) logs --no-log-prefix locust-master | tail -n 40; \
-	$(COMPOSE) exec -T checker python -m racelab.checker --task-prefix $$run_id
+	cat results/compose/$${run_id}ledger/ledger*.jsonl 2>/dev/null | \
+	$(COMPOSE) exec -T checker python -m racelab.checker --task-prefix $$run_id --ledger /dev/stdin
+
+# With Docker only the nemesis schedule (beside a `make load`); it runs on the host, where the
+# docker CLI is (`make install` once for its virtualenv)
+chaos:
+	@[ -n "$(FAULTS)" ] || { echo "with Docker: make chaos FAULTS='kill-pod:locked@10s,kill-redis@every30s' DURATION=2m (beside make load); the judged burst-per-fault run is native-only"; exit 2; }
+	@[ -x $(PY) ] || { echo "make chaos runs the nemesis on this host: run make install first"; exit 2; }
+	@mkdir -p results/compose
+	@$(PY) -m racelab.nemesis --runtime docker --faults "$(FAULTS)" --duration $(DURATION) \
+		--log results/compose/faults-$$(date +%Y%m%d-%H%M%S).jsonl
 
 report bench:
 	@echo "make $@ reads the native lab's results; run it with RUNTIME=native"; exit 2
@@ -109,7 +148,16 @@ verify:
 load:
 	@$(PY) -m racelab.clients.load --users $(USERS) --rate $(RATE) --duration $(DURATION) \
 		$(if $(VARIANT),--variant $(VARIANT)) $(if $(HOST),--host $(HOST)) \
-		$(if $(LOCUST_ARGS),--locust-args "$(LOCUST_ARGS)")
+		$(if $(LOCUST_ARGS),--locust-args "$(LOCUST_ARGS)") --dup-rate $(DUP_RATE) \
+		$(if $(FAULTS),--faults "$(FAULTS)")
+
+# make chaos: a burst per fault kind with the fault mid-burst, judged (CHAOS_ARGS, e.g.
+# "--fault kill-redis --tasks 10"); make chaos FAULTS=<schedule> [DURATION=2m]: only the
+# nemesis, on that schedule, beside a `make load` in another terminal
+chaos:
+	@if [ -n "$(FAULTS)" ]; then $(PY) -m racelab.nemesis --faults "$(FAULTS)" --duration $(DURATION) \
+		--log "$${RACELAB_RESULTS_DIR:-results}/faults-$$(date +%Y%m%d-%H%M%S).jsonl"; \
+	else $(PY) -m racelab.clients.chaos $(CHAOS_ARGS); fi
 
 report:
 	@$(PY) -m racelab.report
@@ -117,12 +165,17 @@ report:
 bench:
 	@$(PY) -m racelab.bench
 
+fuzz:
+	@scripts/install.sh
+	RACELAB_FUZZ_EXAMPLES=$${RACELAB_FUZZ_EXAMPLES:-10000} $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+
 endif
 
 compose-files:
 	@$(PY) -m racelab.lab.compose --write
 
-test: install
+test:
+	@scripts/install.sh --test
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: down

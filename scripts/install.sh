@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the native lab needs, and only what is missing: Debian packages (nginx,
 # redis-server, prometheus, PostgreSQL server, python3-venv), then this project into a virtualenv.
-# Idempotent: a second run installs nothing. Used by `make install` (and so `make up`/`make test`).
+# Idempotent: a second run installs nothing. `--test` adds what only the tests need (chromium). Used by `make install` (and so `make up`/`make test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -13,6 +13,10 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v postgres >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+# --test (make test): also the headless browser of the dashboard test; `make up` does without it
+if [ "${1:-}" = --test ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO=sudo

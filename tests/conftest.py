@@ -76,11 +76,13 @@ def lab(request):
 
 @pytest.fixture(scope="session")
 def load_run(lab, tmp_path_factory):
-    """One short Locust load (make load) on the session's lab, shared by the observability tests."""
+    """One short Locust load (make load) on the session's lab, shared by the observability and
+    ledger tests; at least once, with redelivery (--dup-rate), so its duplicates show."""
     results = tmp_path_factory.mktemp("results")
     env = dict(os.environ, RACELAB_RESULTS_DIR=str(results))
     done = subprocess.run([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
-                           "--duration", "12s"], env=env, capture_output=True, text=True, timeout=600)
+                           "--duration", "12s", "--dup-rate", "0.1"], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = (results / "latest").resolve()
     return {"dir": run_dir, "stdout": done.stdout, "checker": json.loads((run_dir / "checker.json").read_text()),

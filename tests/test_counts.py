@@ -2,6 +2,8 @@
 import itertools
 import random
 
+import pytest
+
 from racelab.checker.counts import EffectCount, FinalState, LoggedEvent, compute, inversions, percentile
 
 
@@ -65,3 +67,106 @@ def test_young_unapplied_events_are_pending_not_lost():
     assert (live.lost, live.pending) == (1, 1)
     final = compute(events, [], [])["locked"]
     assert (final.lost, final.pending) == (2, 0)
+
+
+# ---- doctored inputs: each blind spot of a log-only checker must be caught -----------------
+
+from racelab.checker.ledger import LedgerEntry, LedgerError, LedgerWriter, read_ledger  # noqa: E402
+
+
+def honest_run():
+    """Three events of one task, each logged, applied once, with one model call each."""
+    events = logged("locked", "t1", [("e1", 1), ("e2", 2), ("e3", 3)])
+    state = {"processing_count": 3, "history": ["e1", "e2", "e3"], "applied_at": [101, 102, 103]}
+    effects = [EffectCount("locked", "t1", "a", e, 1) for e in ("e1", "e2", "e3")]
+    ledger = [LedgerEntry("locked", "t1", "a", e) for e in ("e1", "e2", "e3")]
+    return events, state, effects, ledger
+
+
+def check(events, state, effects, ledger):
+    return compute(events, [FinalState("locked", "t1", "a", state)], effects, ledger=ledger)["locked"]
+
+
+def test_an_honest_run_is_safe():
+    c = check(*honest_run())
+    assert c.safe and (c.acked, c.broken_acks, c.lost, c.duplicates, c.phantoms, c.unworked) == (3, 0, 0, 0, 0, 0)
+    assert c.last_applied_at == 103
+
+
+def test_acked_but_never_logged_is_a_broken_ack():
+    events, state, effects, ledger = honest_run()
+    # the log lost e3 (and so did the state): a log-only checker would see 2 of 2 applied
+    events = events[:2]
+    state = {"processing_count": 2, "history": ["e1", "e2"], "applied_at": [101, 102]}
+    c = check(events, state, effects[:2], ledger)
+    assert (c.acked, c.broken_acks, c.accepted, c.lost) == (3, 1, 2, 0) and not c.safe
+
+
+def test_a_history_entry_never_accepted_is_a_phantom():
+    events, state, effects, ledger = honest_run()
+    state = dict(state, history=state["history"] + ["ghost"], processing_count=4, applied_at=[101, 102, 103, 104])
+    c = check(events, state, effects + [EffectCount("locked", "t1", "a", "ghost", 1)], ledger)
+    assert (c.phantoms, c.lost, c.unworked) == (1, 0, 0) and not c.safe
+
+
+def test_an_application_without_a_model_call_is_unworked():
+    events, state, effects, ledger = honest_run()
+    c = check(events, state, effects[1:], ledger)
+    assert (c.unworked, c.lost, c.duplicates) == (1, 0, 0) and not c.safe
+
+
+def test_a_processing_count_that_disagrees_with_the_history_is_drift():
+    events, state, effects, ledger = honest_run()
+    c = check(events, dict(state, processing_count=5), effects, ledger)
+    assert c.counter_drift == 2 and not c.safe
+    c = check(events, dict(state, processing_count=1), effects, ledger)
+    assert c.counter_drift == -2 and not c.safe
+
+
+def test_duplicate_applications_and_side_effects_are_told_apart():
+    events, state, effects, ledger = honest_run()
+    state = dict(state, history=["e1", "e2", "e3", "e2"], processing_count=4, applied_at=[101, 102, 103, 104])
+    c = check(events, state, effects + [EffectCount("locked", "t1", "a", "e1", 2)], ledger)
+    assert (c.duplicate_applications, c.duplicate_side_effects, c.duplicates, c.counter_drift) == (1, 2, 3, 1)
+    assert not c.safe
+    # a repeated model call alone (a crash mid-batch) is not an unsafe state, but it is counted
+    events, state, effects, ledger = honest_run()
+    c = check(events, state, effects + [EffectCount("locked", "t1", "a", "e2", 1)], ledger)
+    assert (c.duplicate_side_effects, c.duplicate_applications) == (1, 0) and c.safe
+
+
+def test_a_dropped_history_entry_is_lost():
+    events, state, effects, ledger = honest_run()
+    c = check(events, dict(state, history=["e1", "e3"], applied_at=[101, 103], processing_count=2), effects, ledger)
+    assert (c.lost, c.applied, c.counter_drift) == (1, 2, -1) and not c.safe
+
+
+def test_a_ledger_naming_another_task_is_a_broken_ack_there():
+    events, state, effects, ledger = honest_run()
+    c = check(events, state, effects, ledger + [LedgerEntry("locked", "t-other", "a", "e9")])
+    assert (c.acked, c.broken_acks, c.tasks) == (4, 1, 2)
+
+
+def test_no_ledger_leaves_acked_unknown():
+    events, state, effects, _ = honest_run()
+    c = check(events, state, effects, None)
+    assert c.acked is None and c.broken_acks is None and c.safe
+
+
+def test_ledger_files_round_trip(tmp_path):
+    writer = LedgerWriter(tmp_path / "ledger-a.jsonl")
+    writer.acked("locked", "t1", "a", "e1")
+    writer.acked("locked", "t1", "a", "e1")  # a retry acked twice
+    writer.close()
+    (tmp_path / "ledger-b.jsonl").write_text('{"variant": "temporal", "task_id": "t2", "agent_id": "a", '
+                                            '"event_id": "e2"}\n{"variant": "temporal", "task_')  # killed mid-line
+    entries = read_ledger([tmp_path])
+    assert entries == [LedgerEntry("locked", "t1", "a", "e1")] * 2 + [LedgerEntry("temporal", "t2", "a", "e2")]
+
+
+def test_a_doctored_ledger_line_is_refused(tmp_path):
+    (tmp_path / "ledger.jsonl").write_text('{"variant": "locked", "task_id": "t1"}\n')
+    with pytest.raises(LedgerError):
+        read_ledger([tmp_path / "ledger.jsonl"])
+    with pytest.raises(LedgerError):
+        read_ledger([tmp_path / "missing.jsonl"])

@@ -12,12 +12,17 @@ import pytest
 from racelab import db
 from racelab.checker.counts import compute
 from racelab.checker.read import snapshot
-from racelab.config import VARIANTS
+from racelab.config import DEFAULT_VARIANTS as VARIANTS  # what the test lab runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "dashboards" / "grafana" / "dashboards" / "racelab-variants.json"
 DATASOURCE = ROOT / "dashboards" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here: covers the whole short load
+ALL_VARIANTS = ".+"   # what the dashboard's `variant` variable stands for with "All" selected
+
+
+def as_promql(expr: str) -> str:
+    return expr.replace("$__rate_interval", RATE_INTERVAL).replace("$variant", ALL_VARIANTS)
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -53,7 +58,7 @@ def test_load_run_keeps_its_results(load_run):
 
 @pytest.mark.parametrize("title, expr", dashboard_exprs(), ids=[f"{t}: {e[:40]}" for t, e in dashboard_exprs()])
 async def test_dashboard_query_returns_data(lab, load_run, title, expr):
-    query = expr.replace("$__rate_interval", RATE_INTERVAL)
+    query = as_promql(expr)
     deadline = time.monotonic() + 30
     while True:
         result = await prom_query(lab.settings, query)
@@ -89,3 +94,21 @@ def test_dashboard_uses_the_provisioned_datasource():
     assert uids == {uid}
     for _, expr in dashboard_exprs():
         assert "[$__rate_interval]" in expr or "rate(" not in expr, expr
+
+
+async def test_dashboard_variable_and_fault_annotations(lab, load_run):
+    """The `variant` variable lists every variant the checker reports (not a fixed three); the
+    fault annotation's query is valid PromQL (it has data only after a fault)."""
+    dash = json.loads(DASHBOARD.read_text())
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "variant"]
+    assert var["multi"] and var["includeAll"]
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["query"]["query"]).groups()
+    found = {r["metric"][label] for r in await prom_query(lab.settings, f"group by ({label}) ({metric})")}
+    assert found == set(load_run["checker"]["variants"])
+    for p in dash["panels"]:  # every panel follows the selection (or names its one variant)
+        for t in p["targets"]:
+            assert all('variant=~"$variant"' in sel or 'variant="' in sel
+                       for sel in re.findall(r"racelab_\w+(\{[^}]*\})?", t["expr"])), t["expr"]
+    (faults,) = dash["annotations"]["list"]
+    assert "racelab_faults_total" in faults["expr"]
+    await prom_query(lab.settings, as_promql(faults["expr"]))  # asserts status success

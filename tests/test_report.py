@@ -27,3 +27,26 @@ def test_report_numbers_and_plots(lab, load_run):
         assert 'id="line2d_' in svg
     # opens without the network: nothing is loaded from elsewhere (xmlns are names, not loads)
     assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_report_headline_dates_and_fault_lines(lab, load_run, tmp_path):
+    """Headline numbers first, variants side by side (a subplot each), clock times on the x axis,
+    and a run's faults.jsonl drawn as vertical lines in every plot."""
+    import shutil
+    run_dir = tmp_path / load_run["dir"].name
+    shutil.copytree(load_run["dir"], run_dir)
+    t = load_run["run"]["started_at"] + 3
+    (run_dir / "faults.jsonl").write_text(json.dumps({"t": t, "kind": "kill", "target": "pod-locked-2"}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "racelab.report", "--run", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (run_dir / "report.html").read_text()
+    assert page.index("class='headline'") < page.index("<h2>")  # the answer comes first
+    checker = json.loads((run_dir / "checker.json").read_text())
+    drift = dict(re.findall(r'data-headline="counter_drift" data-variant="(\w+)">([^<]*)<', page))
+    assert drift == {v: str(c["counter_drift"]) for v, c in checker["variants"].items()}
+    svgs = re.findall(r"<svg.*?</svg>", page, re.S)
+    variants = load_run["run"]["variants"]
+    for svg in svgs:
+        assert svg.count('id="fault-0-kill"') == len(variants)  # one line per variant's subplot
+        assert re.search(r"<!-- \d\d:\d\d:\d\d -->", svg)  # tick labels are clock times, not epoch seconds
+        assert "since the run started" not in svg

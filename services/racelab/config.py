@@ -10,9 +10,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-VARIANTS = ("unguarded", "locked", "temporal")
+# Every variant the lab knows, in a fixed order: a pod's port is base + 10 × its index here, so
+# the design card's three keep their ports and a new variant goes at the end.
+ALL_VARIANTS = ("unguarded", "locked", "temporal",  # the design card's three
+                "temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock",  # the race zoo
+                "sequential", "queue", "optimistic")
+DEFAULT_VARIANTS = ALL_VARIANTS[:3]  # what `make up` starts without VARIANTS / RACELAB_VARIANTS
 TASK_QUEUE = "racelab-tasks"
 WORKFLOW_NAME = "racelab-task"
+NAIVE_WORKFLOW_NAME = "racelab-task-naive"  # temporal-naive: the seed's tutorial workflow
 SIGNAL_RECEIVE_EVENT = "receive_event"  # the signal name Agentex uses
 SIGNAL_CANCEL = "cancel_task"
 
@@ -25,6 +31,21 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r}: expected a whole number") from None
+
+
+def parse_variants(raw: str | None) -> tuple[str, ...]:
+    """RACELAB_VARIANTS: "all", or a comma list of names; empty means the default three.
+    Returned in ALL_VARIANTS order, so generated configs do not depend on how the list was typed."""
+    if raw is None or not raw.strip():
+        return DEFAULT_VARIANTS
+    if raw.strip() == "all":
+        return ALL_VARIANTS
+    names = {n.strip() for n in raw.split(",") if n.strip()}
+    unknown = sorted(names - set(ALL_VARIANTS))
+    if unknown:
+        raise SystemExit(f"RACELAB_VARIANTS={raw!r}: unknown variant(s) {', '.join(unknown)}; "
+                         f"valid: all, or a comma list of {', '.join(ALL_VARIANTS)}")
+    return tuple(v for v in ALL_VARIANTS if v in names)
 
 
 def _float(name: str, default: float) -> float:
@@ -51,12 +72,15 @@ class Settings:
     pod_base_port: int = 18000
     replicas: int = 3
     workers: int = 2
+    queue_workers: int = 2
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     model_latency_ms: float = 50.0
     model_jitter_ms: float = 20.0
-    lock_ttl_s: float = 30.0
+    lock_ttl_s: float = 3.0
     lock_wait_s: float = 60.0
     batch_limit: int = 50
     sweep_interval_s: float = 2.0
+    skip_commit_delay_ms: float = 50.0
     pg_dsn_override: str = ""
     redis_url_override: str = ""
     temporal_address_override: str = ""
@@ -77,12 +101,15 @@ class Settings:
             pod_base_port=_int("RACELAB_POD_BASE_PORT", 18000),
             replicas=_int("RACELAB_REPLICAS", 3),
             workers=_int("RACELAB_WORKERS", 2),
+            queue_workers=_int("RACELAB_QUEUE_WORKERS", 2),
+            variants=parse_variants(os.environ.get("RACELAB_VARIANTS")),
             model_latency_ms=_float("RACELAB_MODEL_LATENCY_MS", 50.0),
             model_jitter_ms=_float("RACELAB_MODEL_JITTER_MS", 20.0),
-            lock_ttl_s=_float("RACELAB_LOCK_TTL_S", 30.0),
+            lock_ttl_s=_float("RACELAB_LOCK_TTL_S", 3.0),
             lock_wait_s=_float("RACELAB_LOCK_WAIT_S", 60.0),
             batch_limit=_int("RACELAB_BATCH_LIMIT", 50),
             sweep_interval_s=_float("RACELAB_SWEEP_INTERVAL_S", 2.0),
+            skip_commit_delay_ms=_float("RACELAB_SKIP_COMMIT_DELAY_MS", 50.0),
             pg_dsn_override=os.environ.get("RACELAB_PG_DSN", ""),
             redis_url_override=os.environ.get("RACELAB_REDIS_URL", ""),
             temporal_address_override=os.environ.get("RACELAB_TEMPORAL_ADDRESS", ""),
@@ -111,17 +138,22 @@ class Settings:
         return self.gateway_url_override or f"http://{self.host}:{self.gateway_port}"
 
     def pod_port(self, variant: str, replica: int) -> int:
-        """Ports of the pods: base + 10 × variant index + replica (1-based)."""
-        return self.pod_base_port + 10 * VARIANTS.index(variant) + replica
+        """Ports of the pods: base + 10 × index in ALL_VARIANTS + replica (1-based), whether the
+        variant runs or not, so selecting variants never moves a port."""
+        return self.pod_base_port + 10 * ALL_VARIANTS.index(variant) + replica
 
     def worker_port(self, replica: int) -> int:
         """Health/metrics port of a Temporal worker process."""
-        return self.pod_base_port + 10 * len(VARIANTS) + replica
+        return self.pod_base_port + 10 * len(ALL_VARIANTS) + replica
 
     @property
     def checker_port(self) -> int:
         """Port of the checker exporter."""
-        return self.pod_base_port + 10 * (len(VARIANTS) + 1)
+        return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 1)
+
+    def queue_worker_port(self, replica: int) -> int:
+        """Health/metrics port of a queue worker (the queue variant's consumers)."""
+        return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 2) + replica
 
     @property
     def prometheus_url(self) -> str:

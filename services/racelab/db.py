@@ -81,6 +81,35 @@ CREATE TABLE IF NOT EXISTS effects (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS effects_by_task ON effects (variant, task_id, agent_id);
+-- Transactional outbox of the temporal variant: written in the transaction that records the
+-- event, relayed to Temporal (signal-with-start) after the commit, deleted once signalled. So a
+-- signal is never sent for an event the log does not have, and an acked event always reaches
+-- its workflow (a relay that dies leaves the row for another one; the workflow dedupes ids).
+CREATE TABLE IF NOT EXISTS outbox (
+    variant    text NOT NULL,
+    event_id   text NOT NULL,
+    task_id    text NOT NULL,
+    agent_id   text NOT NULL,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (variant, event_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (variant, created_at);
+-- Faults injected by the nemesis (racelab.nemesis): when, what, and when it was back.
+CREATE TABLE IF NOT EXISTS faults (
+    id       bigserial PRIMARY KEY,
+    run_id   text NOT NULL DEFAULT '',
+    kind     text NOT NULL,
+    target   text NOT NULL,
+    at       timestamptz NOT NULL,
+    back_at  timestamptz
+);
+-- Client runs (burst, load, chaos, matrix): the exporter's run-scoped gauges count the newest.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     text PRIMARY KEY,   -- the task id prefix of the run
+    kind       text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 """
 
 
@@ -198,6 +227,17 @@ async def record_effects(conn, variant: str, task_id: str, agent_id: str, call_i
     await conn.execute(
         """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
            SELECT $1, $2, $3, $4::uuid, unnest($5::text[])""", variant, task_id, agent_id, call_id, event_ids)
+
+
+async def take_fence(pool, variant: str, task_id: str, agent_id: str) -> int:
+    """A new fencing token for a lock holder of the task: one more than any before, kept on the
+    tracker row the holder's writes are checked against (PostgreSQL, not the lock's store, so a
+    restart of Redis cannot make it go backwards)."""
+    return await pool.fetchval(
+        """INSERT INTO trackers (variant, task_id, agent_id, fence) VALUES ($1, $2, $3, 1)
+           ON CONFLICT (variant, task_id, agent_id) DO UPDATE
+           SET fence = trackers.fence + 1, updated_at = clock_timestamp()
+           RETURNING fence""", variant, task_id, agent_id)
 
 
 async def advance_cursor(conn, variant: str, task_id: str, agent_id: str, seq: int, fence: int,

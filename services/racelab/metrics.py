@@ -24,15 +24,22 @@ APPLY_SECONDS = Histogram("racelab_apply_latency_seconds", "Time from an event's
 LOCK_WAIT = Histogram("racelab_lock_wait_seconds", "Time waiting for the Redis lock", ["variant"],
                       buckets=LATENCY_BUCKETS)
 LOCK_FAILURES = Counter("racelab_lock_failures_total",
-                        "Lock acquisitions that timed out, or locks that expired while held", ["variant", "reason"])
+                        "Lock acquisitions that timed out, leases lost or expired while held, stale holders fenced",
+                        ["variant", "reason"])
 BATCH_SIZE = Histogram("racelab_cursor_batch_size_events", "Events processed per cursor batch", ["variant"],
                        buckets=(1, 2, 3, 5, 8, 13, 20, 30, 50))
 SIGNAL_TO_APPLY = Histogram("racelab_temporal_signal_to_apply_seconds",
                             "Time from the pod's signal to the workflow's state write", ["variant"],
                             buckets=LATENCY_BUCKETS)
 
+RELAYED = Counter("racelab_outbox_relayed_total", "Outbox rows signalled to their workflow (temporal)",
+                  ["variant"])
+
 METHODS = protocol.METHODS + ("unknown",)  # "unknown": rejected before the method was known
-OUTCOMES = ("ok", "rejected", "error")
+OUTCOMES = ("ok", "rejected", "unavailable", "error")  # unavailable: a dependency was down (503)
+# timeout: not acquired in time; expired: gone at release; lease_lost: a renewal failed;
+# fenced: a stale holder stopped by the fencing token
+LOCK_FAILURE_REASONS = ("timeout", "expired", "lease_lost", "fenced")
 
 
 async def handle_metrics(_: web.Request) -> web.Response:
@@ -57,8 +64,8 @@ def init(variant: str) -> None:
         for outcome in OUTCOMES:
             REQUESTS.labels(variant, method, outcome)
     for metric in (ACK_SECONDS, HANDLER_SECONDS, MODEL_CALLS, STATE_WRITES, APPLY_SECONDS, LOCK_WAIT,
-                   BATCH_SIZE, SIGNAL_TO_APPLY):
+                   BATCH_SIZE, SIGNAL_TO_APPLY, RELAYED):
         metric.labels(variant)
-    for reason in ("timeout", "expired"):
+    for reason in LOCK_FAILURE_REASONS:
         LOCK_FAILURES.labels(variant, reason)
 

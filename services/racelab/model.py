@@ -18,14 +18,24 @@ class Model:
         self.jitter_ms = jitter_ms
         self._rng = rng or random.Random()
 
-    def delay_s(self) -> float:
+    def delay_s(self, latency_ms: float | None = None) -> float:
         jitter = self._rng.uniform(-self.jitter_ms, self.jitter_ms)
-        return max(0.0, self.latency_ms + jitter) / 1000.0
+        return max(0.0, (self.latency_ms if latency_ms is None else latency_ms) + jitter) / 1000.0
 
-    async def call(self, pool, variant: str, task_id: str, agent_id: str, event_ids: list[str]) -> str:
-        """One model call serving event_ids (one for most variants, a batch for locked)."""
-        await asyncio.sleep(self.delay_s())
+    async def call(self, pool, variant: str, task_id: str, agent_id: str, event_ids: list[str],
+                   latency_ms: float | None = None) -> str:
+        """One model call serving event_ids (one for most variants, a batch for locked).
+        latency_ms: a slower (or faster) call than the lab's default, e.g. the task's
+        params.model_latency_ms knob (model_latency_ms() below)."""
+        await asyncio.sleep(self.delay_s(latency_ms))
         metrics.MODEL_CALLS.labels(variant).inc()
         call_id = str(uuid.uuid4())
         await db.record_effects(pool, variant, task_id, agent_id, call_id, event_ids)
         return call_id
+
+
+def model_latency_ms(task_params: dict) -> float | None:
+    """The per-task knob `task.params.model_latency_ms`: a model slower than the lock lease, for
+    the matrix's lease scenario. None: the lab's default latency."""
+    value = task_params.get("model_latency_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

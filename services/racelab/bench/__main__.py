@@ -30,7 +30,7 @@ import aiohttp
 
 from .. import db
 from ..checker.quiescence import wait_for_quiescence
-from ..config import VARIANTS, Settings
+from ..config import ALL_VARIANTS, Settings
 from ..clients.burst import run_burst
 from ..clients.load import lab_is_up, results_root
 from ..lab.native import lab_processes
@@ -211,9 +211,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=30, help="events in the one-task burst")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--up-repeat", type=int, default=2)
-    parser.add_argument("--variant", action="append", choices=VARIANTS)
+    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS)
     args = parser.parse_args()
-    args.variants = tuple(args.variant or VARIANTS)
+    args.variants = tuple(args.variant or Settings.from_env().variants)
     settings = Settings.from_env()
     problem = asyncio.run(lab_is_up(settings.gateway_url, args.variants))
     if problem:

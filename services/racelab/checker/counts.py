@@ -1,14 +1,21 @@
-"""The counts of LAB.md, computed from the event log and the final states only. No I/O.
+"""The counts of LAB.md, computed from the clients' ledgers, the event log, the effect rows and
+the final states only. No I/O.
 
 Per task, summed per variant:
-  accepted      distinct event ids in the event log
-  applied       distinct event ids in the final state's history
-  lost          accepted ids never in the final history
-  duplicates    (history entries - distinct history entries)
-                + (effect rows - distinct events with an effect)
-  counter_drift processing_count - accepted (negative = lost increments)
-  reordered     pairs applied in the opposite order of their sequence_ids
-  apply latency applied_at (state) - accepted_at (event log), per distinct applied event
+  acked                   distinct event ids in the clients' ledgers (only when a ledger is given)
+  broken_acks             ledger ids not in the event log: an ack that was not durable
+  accepted                distinct event ids in the event log
+  applied                 distinct event ids in the final state's history
+  lost                    accepted ids never in the final history
+  duplicate_applications  history entries - distinct history entries
+  duplicate_side_effects  effect rows - distinct events with an effect (repeated model calls)
+  duplicates              the two above, summed (the dashboards' headline)
+  phantoms                distinct history ids that were never accepted
+  unworked                distinct applied (and accepted) ids with no effect row behind them
+  counter_drift           processing_count - accepted (negative = lost increments)
+  reordered               pairs applied in the opposite order of their sequence_ids
+  apply latency           applied_at (state) - accepted_at (event log), per distinct applied event
+  last_applied_at         the latest applied_at of a distinct applied event (for recovery times)
 
 While events still arrive (the exporter's live view), an accepted event not yet applied is
 `pending` rather than lost until it is older than a grace period; after quiescence (the
@@ -38,7 +45,7 @@ class FinalState(NamedTuple):
     state: dict
 
 
-class EffectCount(NamedTuple):
+class EffectCount(NamedTuple):  # effect rows of one (task, event)
     variant: str
     task_id: str
     agent_id: str
@@ -50,20 +57,30 @@ class EffectCount(NamedTuple):
 class VariantCounts:
     variant: str
     tasks: int = 0
+    acked: int | None = None       # None: no ledger was given
+    broken_acks: int | None = None
     accepted: int = 0
     applied: int = 0
     lost: int = 0
     pending: int = 0
     duplicates: int = 0
+    duplicate_applications: int = 0
+    duplicate_side_effects: int = 0
+    phantoms: int = 0
+    unworked: int = 0
     counter_drift: int = 0
     reordered: int = 0
     apply_latency_p50_ms: float | None = None
     apply_latency_p99_ms: float | None = None
+    last_applied_at: float | None = None
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def safe(self) -> bool:
-        return self.lost == 0 and self.duplicates == 0 and self.counter_drift == 0
+        """What a guarded variant must show in every run, faults included (duplicate side
+        effects are judged apart: a fault may repeat the model calls in flight)."""
+        return (self.lost == 0 and self.duplicate_applications == 0 and self.counter_drift == 0
+                and self.phantoms == 0 and self.unworked == 0 and not self.broken_acks)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -103,19 +120,33 @@ def inversions(values: list[int]) -> int:
 
 def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
             effects: Iterable[EffectCount], variants: Iterable[str] = (),
-            now: float | None = None, grace_s: float = 0.0) -> dict[str, VariantCounts]:
+            now: float | None = None, grace_s: float = 0.0,
+            ledger: Iterable | None = None) -> dict[str, VariantCounts]:
+    """ledger: LedgerEntry rows (racelab.checker.ledger) of the clients that sent these events;
+    None when no client ledger is at hand (the live exporter), and then acked/broken_acks are None."""
     logged: dict[tuple, dict[str, LoggedEvent]] = defaultdict(dict)
     for e in events:
         logged[(e.variant, e.task_id, e.agent_id)][e.event_id] = e
     final = {(s.variant, s.task_id, s.agent_id): s.state for s in states}
-    effect_rows: dict[tuple, list[int]] = defaultdict(list)
+    effect_rows: dict[tuple, dict[str, int]] = defaultdict(dict)
     for f in effects:
-        effect_rows[(f.variant, f.task_id, f.agent_id)].append(f.rows)
+        rows = effect_rows[(f.variant, f.task_id, f.agent_id)]
+        rows[f.event_id] = rows.get(f.event_id, 0) + f.rows
+    acked: dict[tuple, set[str]] | None = None
+    if ledger is not None:
+        acked = defaultdict(set)
+        for entry in ledger:
+            acked[(entry.variant, entry.task_id, entry.agent_id)].add(entry.event_id)
 
     result = {v: VariantCounts(v) for v in variants}
-    for key in sorted(set(logged) | set(final) | set(effect_rows)):
+    if acked is not None:
+        for counts in result.values():
+            counts.acked = counts.broken_acks = 0
+    for key in sorted(set(logged) | set(final) | set(effect_rows) | set(acked or ())):
         variant = key[0]
         counts = result.setdefault(variant, VariantCounts(variant))
+        if acked is not None and counts.acked is None:
+            counts.acked = counts.broken_acks = 0
         accepted = logged.get(key, {})
         state = final.get(key) or {}
         history: list[str] = list(state.get("history") or [])
@@ -129,8 +160,19 @@ def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
         young = sum(1 for t in unapplied if now is not None and t > now - grace_s)
         counts.pending += young
         counts.lost += len(unapplied) - young
-        counts.duplicates += (len(history) - len(applied)) + sum(n - 1 for n in effect_rows.get(key, []))
+        effects_of = effect_rows.get(key, {})
+        dup_applications = len(history) - len(applied)
+        dup_side_effects = sum(n - 1 for n in effects_of.values())
+        counts.duplicate_applications += dup_applications
+        counts.duplicate_side_effects += dup_side_effects
+        counts.duplicates += dup_applications + dup_side_effects
+        counts.phantoms += len(applied - set(accepted))
+        counts.unworked += sum(1 for e in applied if e in accepted and e not in effects_of)
         counts.counter_drift += int(state.get("processing_count") or 0) - len(accepted)
+        if acked is not None:
+            seen_acked = acked.get(key, set())
+            counts.acked += len(seen_acked)
+            counts.broken_acks += len(seen_acked - set(accepted))
 
         seen: set[str] = set()
         order: list[int] = []
@@ -145,6 +187,8 @@ def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
                 order.append(logged_event.sequence_id)
             if i < len(applied_at):
                 counts.latencies_ms.append((applied_at[i] - logged_event.accepted_at) * 1000.0)
+                if counts.last_applied_at is None or applied_at[i] > counts.last_applied_at:
+                    counts.last_applied_at = applied_at[i]
         counts.reordered += inversions(order)
 
     for counts in result.values():
@@ -153,19 +197,26 @@ def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
     return result
 
 
-COLUMNS = ("variant", "tasks", "accepted", "applied", "lost", "duplicates", "counter_drift", "reordered",
-           "apply_latency_p50_ms", "apply_latency_p99_ms")
-HEADERS = ("variant", "tasks", "accepted", "applied", "lost", "duplicates", "drift", "reordered",
-           "apply p50 ms", "apply p99 ms")
+_HEADED = {  # column -> header
+    "variant": "variant", "tasks": "tasks", "acked": "acked", "broken_acks": "broken acks",
+    "accepted": "accepted", "applied": "applied", "lost": "lost", "duplicate_applications": "dup apply",
+    "duplicate_side_effects": "dup effects", "phantoms": "phantoms", "unworked": "unworked",
+    "counter_drift": "drift", "reordered": "reordered", "apply_latency_p50_ms": "apply p50 ms",
+    "apply_latency_p99_ms": "apply p99 ms"}
+COLUMNS = tuple(_HEADED)
+HEADERS = tuple(_HEADED.values())
 
 
 def table(results: dict[str, VariantCounts]) -> str:
-    rows = [HEADERS]
+    columns = [c for c in COLUMNS if c not in ("acked", "broken_acks")
+               or any(getattr(r, c) is not None for r in results.values())]
+    headers = tuple(_HEADED[c] for c in columns)
+    rows = [headers]
     for counts in results.values():
         d = counts.as_dict()
         rows.append(tuple("-" if d[c] is None else f"{d[c]:.0f}" if isinstance(d[c], float) else str(d[c])
-                          for c in COLUMNS))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+                          for c in columns))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

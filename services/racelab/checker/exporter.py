@@ -15,31 +15,66 @@ from prometheus_client import Gauge
 
 from .. import db
 from ..metrics import serve_health_and_metrics
-from ..config import VARIANTS, Settings
+from ..config import Settings
 from .counts import compute
 from .read import snapshot
 
 log = logging.getLogger("racelab.checker.exporter")
 
-GAUGES = {
-    "tasks": Gauge("racelab_checker_tasks", "Tasks seen in the event log or the states", ["variant"]),
-    "accepted": Gauge("racelab_checker_accepted_events", "Distinct event ids in the event log", ["variant"]),
-    "applied": Gauge("racelab_checker_applied_events", "Distinct event ids in the final histories", ["variant"]),
-    "lost": Gauge("racelab_checker_lost_updates",
-                  "Accepted events missing from the history longer than the grace period", ["variant"]),
-    "pending": Gauge("racelab_checker_pending_events",
-                     "Accepted events not applied yet, younger than the grace period", ["variant"]),
-    "duplicates": Gauge("racelab_checker_duplicates", "Extra history entries plus extra effect rows", ["variant"]),
-    "counter_drift": Gauge("racelab_checker_counter_drift", "processing_count minus accepted events", ["variant"]),
-    "reordered": Gauge("racelab_checker_reordered_pairs", "Pairs applied against their sequence_id order",
-                       ["variant"]),
+# count -> (metric name after racelab_checker_, help)
+COUNTS = {
+    "tasks": ("tasks", "Tasks seen in the event log or the states"),
+    "accepted": ("accepted_events", "Distinct event ids in the event log"),
+    "applied": ("applied_events", "Distinct event ids in the final histories"),
+    "lost": ("lost_updates", "Accepted events missing from the history longer than the grace period"),
+    "pending": ("pending_events", "Accepted events not applied yet, younger than the grace period"),
+    "duplicates": ("duplicates", "Extra history entries plus extra effect rows"),
+    "duplicate_applications": ("duplicate_applications",
+                               "History entries minus distinct history entries (events applied twice)"),
+    "duplicate_side_effects": ("duplicate_side_effects",
+                               "Effect rows minus distinct events with an effect (repeated model calls)"),
+    "phantoms": ("phantoms", "Distinct history entries that were never accepted"),
+    "unworked": ("unworked", "Applied events with no model call (effect row) behind them"),
+    "counter_drift": ("counter_drift", "processing_count minus accepted events"),
+    "reordered": ("reordered_pairs", "Pairs applied against their sequence_id order"),
 }
+GAUGES = {key: Gauge(f"racelab_checker_{name}", text, ["variant"]) for key, (name, text) in COUNTS.items()}
+# The same counts for the newest client run only (burst, load, chaos, matrix register theirs in
+# the `runs` table), so a dashboard shows what this run did, not the lab's whole history.
+RUN_SCOPED = ("accepted", "applied", "lost", "pending", "duplicates", "duplicate_applications",
+              "duplicate_side_effects", "phantoms", "counter_drift")
+RUN_GAUGES = {key: Gauge(f"racelab_checker_run_{COUNTS[key][0]}", COUNTS[key][1] + ", in the newest client run",
+                         ["variant"]) for key in RUN_SCOPED}
+RUN_STARTED = Gauge("racelab_checker_run_started_timestamp_seconds", "When the newest client run started")
+FAULTS = Gauge("racelab_faults_total", "Faults the nemesis injected into this lab", ["kind", "target"])
+FAULT_LAST = Gauge("racelab_fault_last_timestamp_seconds", "When the latest fault of a kind and target was injected",
+                   ["kind", "target"])
+FAULT_DOWN = Gauge("racelab_fault_last_down_seconds",
+                   "How long the target of the latest fault took to be back and healthy", ["kind", "target"])
 LAST_RUN = Gauge("racelab_checker_last_run_timestamp_seconds", "When the counts were last recomputed")
 RUN_SECONDS = Gauge("racelab_checker_run_seconds", "How long the last recomputation took")
 
+VARIANTS = Settings.from_env().variants  # the running ones: their series exist at 0 from the start
 for _variant in VARIANTS:
-    for _gauge in GAUGES.values():
+    for _gauge in (*GAUGES.values(), *RUN_GAUGES.values()):
         _gauge.labels(_variant)
+
+
+async def newest_run(conn) -> tuple[str, float] | None:
+    row = await conn.fetchrow("SELECT run_id, extract(epoch FROM started_at)::float8 AS t FROM runs "
+                              "ORDER BY started_at DESC LIMIT 1")
+    return (row["run_id"], row["t"]) if row else None
+
+
+async def export_faults(conn) -> None:
+    rows = await conn.fetch(
+        """SELECT kind, target, count(*) AS n, extract(epoch FROM max(at))::float8 AS last,
+                  extract(epoch FROM (array_agg(back_at - at ORDER BY at DESC))[1])::float8 AS down
+           FROM faults GROUP BY kind, target""")
+    for r in rows:
+        FAULTS.labels(r["kind"], r["target"]).set(r["n"])
+        FAULT_LAST.labels(r["kind"], r["target"]).set(r["last"])
+        FAULT_DOWN.labels(r["kind"], r["target"]).set(r["down"] if r["down"] is not None else float("nan"))
 
 
 async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None:
@@ -47,10 +82,24 @@ async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None
         started = time.perf_counter()
         try:
             async with db.connection(dsn) as conn:
-                results = compute(*await snapshot(conn), variants=VARIANTS, now=time.time(), grace_s=grace_s)
+                logged, states, effects = await snapshot(conn)
+                run = await newest_run(conn)
+                await export_faults(conn)
+            now = time.time()
+            results = compute(logged, states, effects, variants=VARIANTS, now=now, grace_s=grace_s)
             for variant, counts in results.items():
                 for key, gauge in GAUGES.items():
                     gauge.labels(variant).set(getattr(counts, key))
+            if run is not None:
+                prefix, started = run
+                in_run = compute([e for e in logged if e.task_id.startswith(prefix)],
+                                 [s for s in states if s.task_id.startswith(prefix)],
+                                 [f for f in effects if f.task_id.startswith(prefix)],
+                                 variants=VARIANTS, now=now, grace_s=grace_s)
+                for variant, counts in in_run.items():
+                    for key, gauge in RUN_GAUGES.items():
+                        gauge.labels(variant).set(getattr(counts, key))
+                RUN_STARTED.set(started)
             LAST_RUN.set(time.time())
             RUN_SECONDS.set(time.perf_counter() - started)
         except Exception:

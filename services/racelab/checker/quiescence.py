@@ -5,7 +5,7 @@ import asyncio
 import time
 
 from .. import db
-from ..config import VARIANTS
+from ..config import Settings
 from .counts import VariantCounts, compute
 from .read import snapshot
 
@@ -14,17 +14,19 @@ GUARDED = ("locked", "temporal")
 
 async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float = 3.0, timeout_s: float = 300.0,
                               poll_s: float = 0.25, applied_settle_s: float = 1.0,
-                              progress=None) -> tuple[dict[str, VariantCounts], bool]:
+                              progress=None, ledger=None) -> tuple[dict[str, VariantCounts], bool]:
     """Recompute the counts until every accepted event is applied, or nothing has changed for
     settle_s. Returns (counts, quiescent).
 
     Even when every accepted event is applied, the counts must hold still for a moment
     (applied_settle_s): a retried event can still be in flight and add a duplicate."""
+    if ledger is not None:  # only the ledger's events of the tasks looked at
+        ledger = [e for e in ledger if e.task_id.startswith(task_prefix)]
     deadline = time.monotonic() + timeout_s
     last_key, stable_since, last_report = None, time.monotonic(), 0.0
     async with db.connection(dsn) as conn:
         while True:
-            results = compute(*await snapshot(conn, task_prefix), variants=VARIANTS)
+            results = compute(*await snapshot(conn, task_prefix), variants=Settings.from_env().variants, ledger=ledger)
             key = tuple(tuple(c.as_dict().values()) for c in results.values())
             now = time.monotonic()
             if key != last_key:
@@ -42,6 +44,15 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             await asyncio.sleep(poll_s)
 
 
-def verdict(results: dict[str, VariantCounts]) -> list[str]:
-    return [f"{v}: lost={results[v].lost} duplicates={results[v].duplicates} drift={results[v].counter_drift}"
-            for v in GUARDED if v in results and not results[v].safe]
+def verdict(results: dict[str, VariantCounts], guarded=GUARDED) -> list[str]:
+    """What is wrong with the guarded variants: any broken ack, lost update, duplicate
+    application, phantom, unworked application or counter drift."""
+    out = []
+    for v in guarded:
+        c = results.get(v)
+        if c is None or c.safe:
+            continue
+        out.append(f"{v}: " + " ".join(f"{k}={getattr(c, k)}" for k in (
+            "broken_acks", "lost", "duplicate_applications", "phantoms", "unworked", "counter_drift")
+            if getattr(c, k)))
+    return out

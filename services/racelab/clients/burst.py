@@ -1,14 +1,19 @@
 """`python -m racelab.clients.burst`: a concurrent burst of event/send through the gateway.
 
 Each task gets all its events at once (as when a person types fast or a webhook storm hits),
-every variant the same tasks. The client keeps its own ledger of acked event ids, reads the
-final states back through the gateway and compares its counts with the checker's.
+or spread over a few seconds (--spread), every variant the same tasks. The client is
+at-least-once, as real senders are: a send that failed or timed out is retried with the same
+event id (racelab.clients.retry), and --dup-rate sends a share of acked events once more
+(webhook redelivery). It keeps its own ledger of acked event ids (in memory, and as a ledger
+file when given one), reads the final states back through the gateway and compares its counts
+with the checker's.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import random
 import resource
 import sys
 import time
@@ -18,9 +23,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from ..checker.ledger import LedgerEntry, LedgerWriter
 from ..checker.quiescence import verdict, wait_for_quiescence
+from .retry import Outcome, RetryPolicy, classify, parse_retry_after, redeliver, redelivery_delay
 from ..checker.counts import table
-from ..config import VARIANTS, Settings
+from ..config import ALL_VARIANTS, Settings
 
 AGENT = {"id": "racelab-agent", "name": "racelab-agent", "acp_type": "async"}
 
@@ -37,30 +44,66 @@ def event_send(task_id: str, event_id: str, sequence_id: int, text: str) -> dict
 
 @dataclass
 class Ledger:
-    """What the client saw: acked event ids per (variant, task)."""
+    """What the client saw: acked event ids per (variant, task), and what it took."""
     acked: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)      # sends given up on (never acked)
     ack_latencies_ms: list[float] = field(default_factory=list)
+    retries: int = 0        # sends repeated after a failure
+    redelivered: int = 0    # acked events sent once more on purpose
+    writer: LedgerWriter | None = None
 
     def tasks(self, variant: str) -> list[str]:
         return sorted(t for v, t in self.acked if v == variant)
 
+    def record(self, variant: str, task_id: str, event_id: str) -> None:
+        self.acked[(variant, task_id)].add(event_id)
+        if self.writer is not None:
+            self.writer.acked(variant, task_id, AGENT["id"], event_id)
+
+    def entries(self) -> list[LedgerEntry]:
+        return [LedgerEntry(v, t, AGENT["id"], e) for (v, t), ids in self.acked.items() for e in ids]
+
+
+async def post_once(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, object, str | None]:
+    """One POST: (HTTP status or 0 when nothing answered, decoded reply or None, Retry-After)."""
+    try:
+        async with session.post(url, json=body) as resp:
+            try:
+                reply = await resp.json(content_type=None)
+            except ValueError:
+                reply = None
+            return resp.status, reply, resp.headers.get("Retry-After")
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return 0, repr(exc), None
+
 
 async def send(session: aiohttp.ClientSession, base: str, variant: str, body: dict, ledger: Ledger,
-               sem: asyncio.Semaphore) -> None:
-    async with sem:
-        started = time.perf_counter()
-        try:
-            async with session.post(f"{base}/{variant}/api", json=body) as resp:
-                reply = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            ledger.errors.append(f"{variant} {body['params']['event']['id']}: {exc!r}")
+               sem: asyncio.Semaphore, policy: RetryPolicy = RetryPolicy(), dup_rate: float = 0.0) -> None:
+    """Send until acked (same event id every time, bounded by the policy); then, with probability
+    dup_rate, once more after a short pause (redelivery)."""
+    event_id, task_id = body["params"]["event"]["id"], body["params"]["task"]["id"]
+    url = f"{base}/{variant}/api"
+    attempt = 0
+    while True:
+        attempt += 1
+        async with sem:
+            started = time.perf_counter()
+            status, reply, retry_after = await post_once(session, url, body)
+        outcome = classify(status, reply)
+        if outcome is Outcome.ACKED:
+            ledger.ack_latencies_ms.append((time.perf_counter() - started) * 1000)
+            ledger.record(variant, task_id, event_id)
+            break
+        if not policy.should_retry(outcome, attempt):
+            ledger.errors.append(f"{variant} {event_id}: gave up after {attempt} attempt(s): HTTP {status} {reply}")
             return
-    if resp.status == 200 and reply.get("result", {}).get("status") == "processing":
-        ledger.ack_latencies_ms.append((time.perf_counter() - started) * 1000)
-        ledger.acked[(variant, body["params"]["task"]["id"])].add(body["params"]["event"]["id"])
-    else:
-        ledger.errors.append(f"{variant} {body['params']['event']['id']}: HTTP {resp.status} {reply}")
+        ledger.retries += 1
+        await asyncio.sleep(policy.delay(attempt, parse_retry_after(retry_after)))
+    if redeliver(dup_rate):
+        ledger.redelivered += 1
+        await asyncio.sleep(redelivery_delay())
+        async with sem:
+            await post_once(session, url, body)  # its answer changes nothing: the event was acked
 
 
 def raise_fd_limit() -> int:
@@ -72,10 +115,14 @@ def raise_fd_limit() -> int:
 
 
 async def run_burst(base_url: str, task_prefix: str, tasks: int, events: int,
-                    variants: tuple[str, ...] = VARIANTS, concurrency: int = 600) -> Ledger:
-    """Send tasks × events event/send to each variant; all events of a task are in flight together."""
+                    variants: tuple[str, ...] | None = None, concurrency: int = 600,
+                    spread_s: float = 0.0, dup_rate: float = 0.0, ledger_path=None,
+                    policy: RetryPolicy = RetryPolicy()) -> Ledger:
+    """Send tasks × events event/send to each variant. spread_s 0: all events of a task are in
+    flight together; else each event starts at a random moment within spread_s seconds."""
     concurrency = min(concurrency, raise_fd_limit() // 2)
-    ledger = Ledger()
+    variants = variants or Settings.from_env().variants
+    ledger = Ledger(writer=LedgerWriter(ledger_path) if ledger_path else None)
     sem = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -85,9 +132,20 @@ async def run_burst(base_url: str, task_prefix: str, tasks: int, events: int,
             for variant in variants:
                 for seq in range(1, events + 1):
                     body = event_send(task_id, str(uuid.uuid4()), seq, f"message {seq} of {task_id}")
-                    jobs.append(send(session, base_url, variant, body, ledger, sem))
-        await asyncio.gather(*jobs)
+                    jobs.append(delayed(random.uniform(0, spread_s) if spread_s else 0.0,
+                                        send(session, base_url, variant, body, ledger, sem, policy, dup_rate)))
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            if ledger.writer is not None:
+                ledger.writer.close()
     return ledger
+
+
+async def delayed(delay_s: float, coro):
+    if delay_s:
+        await asyncio.sleep(delay_s)
+    return await coro
 
 
 async def fetch_states(base_url: str, ledger: Ledger) -> dict[tuple[str, str], dict | None]:
@@ -100,49 +158,87 @@ async def fetch_states(base_url: str, ledger: Ledger) -> dict[tuple[str, str], d
 
 
 def ledger_counts(ledger: Ledger, states: dict[tuple[str, str], dict | None]) -> dict[str, dict]:
-    """The client's own counts: acked ids against the histories read back through the gateway."""
+    """The client's own counts, every one it can see from outside: its acked ids against the
+    histories read back through the gateway (the model calls are not visible from here).
+    They must equal the checker's: an acked event is an accepted one."""
     out: dict[str, dict] = {}
     for (variant, task_id), acked in ledger.acked.items():
-        c = out.setdefault(variant, {"accepted": 0, "applied": 0, "lost": 0, "counter_drift": 0})
+        c = out.setdefault(variant, {"accepted": 0, "applied": 0, "lost": 0, "duplicate_applications": 0,
+                                     "phantoms": 0, "counter_drift": 0})
         state = states.get((variant, task_id)) or {}
-        history = set(state.get("history") or [])
+        entries = list(state.get("history") or [])
+        history = set(entries)
         c["accepted"] += len(acked)
         c["applied"] += len(history)
         c["lost"] += len(acked - history)
+        c["duplicate_applications"] += len(entries) - len(history)
+        c["phantoms"] += len(history - acked)
         c["counter_drift"] += int(state.get("processing_count") or 0) - len(acked)
     return out
 
 
-async def burst_and_check(settings: Settings, tasks: int, events: int, variants: tuple[str, ...]) -> dict:
-    prefix = f"burst-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}-"
-    print(f"burst: {tasks} tasks x {events} concurrent events to each of {', '.join(variants)} "
-          f"via {settings.gateway_url} (task ids {prefix}*)", file=sys.stderr, flush=True)
+def disagreements(results: dict, own: dict[str, dict]) -> list[str]:
+    """Where the checker's counts differ from the client's own (and any broken ack)."""
+    out = [f"{v}.{k}: checker {getattr(results[v], k)} != ledger {own[v][k]}"
+           for v in own for k in own[v] if getattr(results[v], k) != own[v][k]]
+    out += [f"{v}.broken_acks: {c.broken_acks} acked events are not in the event log"
+            for v, c in results.items() if c.broken_acks]
+    return out
+
+
+async def register_run(dsn: str, run_id: str, kind: str) -> None:
+    """Note the run in the lab (the exporter's run-scoped gauges count the newest run)."""
+    from .. import db
+    async with db.connection(dsn) as conn:
+        await conn.execute("INSERT INTO runs (run_id, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", run_id, kind)
+
+
+async def burst_and_check(settings: Settings, tasks: int, events: int, variants: tuple[str, ...],
+                          spread_s: float = 0.0, dup_rate: float = 0.0, ledger_path=None,
+                          prefix: str | None = None) -> dict:
+    prefix = prefix or f"burst-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}-"
+    how = f"spread over {spread_s:g} s" if spread_s else "concurrent"
+    print(f"burst: {tasks} tasks x {events} {how} events to each of {', '.join(variants)} "
+          f"via {settings.gateway_url} (task ids {prefix}*, redelivery {dup_rate:.0%})", file=sys.stderr, flush=True)
+    await register_run(settings.pg_dsn, prefix, "burst")
     started = time.perf_counter()
-    ledger = await run_burst(settings.gateway_url, prefix, tasks, events, variants)
+    ledger = await run_burst(settings.gateway_url, prefix, tasks, events, variants, spread_s=spread_s,
+                             dup_rate=dup_rate, ledger_path=ledger_path)
     sent_s = time.perf_counter() - started
-    print(f"burst: {sum(map(len, ledger.acked.values()))} acked, {len(ledger.errors)} errors in {sent_s:.1f} s",
-          file=sys.stderr, flush=True)
+    print(f"burst: {sum(map(len, ledger.acked.values()))} acked ({ledger.retries} retries, {ledger.redelivered} "
+          f"redelivered), {len(ledger.errors)} given up, in {sent_s:.1f} s", file=sys.stderr, flush=True)
     results, quiescent = await wait_for_quiescence(
-        settings.pg_dsn, prefix, progress=lambda m: print(m, file=sys.stderr, flush=True))
+        settings.pg_dsn, prefix, progress=lambda m: print(m, file=sys.stderr, flush=True), ledger=ledger.entries())
     own = ledger_counts(ledger, await fetch_states(settings.gateway_url, ledger))
-    disagreements = [f"{v}.{k}: checker {getattr(results[v], k)} != ledger {own[v][k]}"
-                     for v in own for k in own[v] if getattr(results[v], k) != own[v][k]]
     return {"task_prefix": prefix, "quiescent": quiescent, "send_seconds": sent_s, "errors": ledger.errors,
-            "results": results, "ledger": own, "disagreements": disagreements}
+            "retries": ledger.retries, "redelivered": ledger.redelivered,
+            "results": results, "ledger": own, "disagreements": disagreements(results, own)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="a concurrent event/send burst, then the checker's counts")
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--events", type=int, default=30, help="concurrent events per task")
-    parser.add_argument("--variant", action="append", choices=VARIANTS, help="repeatable; default all")
+    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS, help="repeatable; default: the running ones")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="seconds to spread each task's events over (default 0: all at once)")
+    parser.add_argument("--dup-rate", type=float, default=0.0,
+                        help="share of acked events sent once more with the same id (webhook redelivery)")
+    parser.add_argument("--ledger", default="", help="ledger file to write (default results/burst-<id>/ledger.jsonl)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.tasks < 1 or args.events < 1:
         parser.error("--tasks and --events must be at least 1")
+    if not 0 <= args.dup_rate <= 1 or args.spread < 0:
+        parser.error("--dup-rate must be within 0..1 and --spread at least 0")
     settings = Settings.from_env()
+    from .load import results_root
+    prefix = f"burst-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}-"
+    ledger_path = args.ledger or results_root() / prefix.rstrip("-") / "ledger.jsonl"
     try:
-        out = asyncio.run(burst_and_check(settings, args.tasks, args.events, tuple(args.variant or VARIANTS)))
+        out = asyncio.run(burst_and_check(settings, args.tasks, args.events, tuple(args.variant or settings.variants),
+                                          spread_s=args.spread, dup_rate=args.dup_rate, ledger_path=ledger_path,
+                                          prefix=prefix))
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise SystemExit(f"cannot reach the lab at {settings.gateway_url}: {exc}. Is it up (make up)?")
     results = out["results"]
@@ -151,12 +247,13 @@ def main() -> None:
         print(json.dumps({**out, "results": {v: c.as_dict() for v, c in results.items()}}, indent=2))
     else:
         print(table({v: c for v, c in results.items() if c.tasks}))
-        print(f"client ledger agrees with the checker: {'yes' if not out['disagreements'] else 'NO'}")
+        print(f"client ledger ({ledger_path}) agrees with the checker: "
+              f"{'yes' if not out['disagreements'] else 'NO'}")
         for d in out["disagreements"]:
             print("  " + d)
         if out["errors"]:
             print(f"{len(out['errors'])} requests were not acked; first: {out['errors'][0]}")
-        print("FAIL: " + "; ".join(problems) if problems else "OK: locked and temporal lost nothing")
+        print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing")
     sys.exit(1 if problems or out["disagreements"] or not out["quiescent"] else 0)
 
 

@@ -2,12 +2,18 @@
 
 Locust runs as its own process (gevent's monkey-patching breaks asyncio and temporalio in the
 same process). Everything of a run goes to one results folder: Locust's CSV and HTML, its
-output, the run's settings and the checker's final counts (results/latest points at it).
+output, the client ledger (ledger-<host>-<pid>.jsonl: the event ids Locust saw acked), the
+nemesis' fault log (with --faults), the run's settings and the checker's final counts, computed
+against the merged ledger (results/latest points at it).
+
+Locust's users are at-least-once senders (retries with the same event id) and redeliver a share
+of acked events (--dup-rate), so `unguarded` shows duplicates and the guarded variants must not.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -22,12 +28,17 @@ import aiohttp
 from .. import db
 from ..checker.quiescence import verdict, wait_for_quiescence
 from ..checker.counts import table
-from ..config import VARIANTS, Settings
+from ..checker.ledger import read_ledger
+from ..config import ALL_VARIANTS, Settings
 from ..lab.topology import venv_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
-USER_CLASS = {"unguarded": "UnguardedUser", "locked": "LockedUser", "temporal": "TemporalUser"}
+
+
+def user_class(variant: str) -> str:
+    """The locustfile's user class of a variant: temporal-naive -> TemporalNaiveUser."""
+    return "".join(word.capitalize() for word in variant.split("-")) + "User"
 
 
 def results_root() -> Path:
@@ -63,26 +74,62 @@ async def accepted_so_far(dsn: str, prefix: str) -> dict[str, int]:
     return {r["variant"]: r["n"] for r in rows}
 
 
-def run_locust(args, host: str, run_dir: Path, prefix: str, settings: Settings) -> int:
+def run_locust(args, host: str, run_dir: Path, prefix: str, settings: Settings) -> tuple[int, int | None]:
+    """Locust (and the nemesis, with --faults) for the run's duration: their exit codes."""
     cmd = [venv_binary("locust"), "-f", str(LOCUSTFILE), "--headless", "--only-summary",
            "-u", str(args.users), "-r", str(args.rate), "-t", args.duration, "--host", host,
            "--csv", str(run_dir / "locust"), "--html", str(run_dir / "locust.html"), "--stop-timeout", "10",
-           "--run-id", prefix, *args.locust_args, *(USER_CLASS[v] for v in args.variants)]
+           "--run-id", prefix, "--ledger-dir", str(run_dir), "--dup-rate", str(args.dup_rate),
+           *args.locust_args, *(user_class(v) for v in args.variants)]
     (run_dir / "locust.cmd").write_text(" ".join(cmd) + "\n")
     duration = parse_duration(args.duration)
     started = time.monotonic()
+    nemesis = start_nemesis(args, run_dir, prefix, duration)
     with open(run_dir / "locust.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         while proc.poll() is None:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
+                if nemesis is not None and nemesis.poll():  # e.g. a spec it refused: no point loading on
+                    print(f"load: the nemesis failed (exit {nemesis.returncode}): "
+                          f"{(run_dir / 'nemesis.log').read_text(errors='replace').strip()[-500:]}; stopping Locust",
+                          flush=True)
+                    proc.terminate()
+                    proc.wait()
+                    break
                 try:
                     counts = asyncio.run(accepted_so_far(settings.pg_dsn, prefix))
                 except OSError:
                     counts = {}
                 print(f"load: {time.monotonic() - started:4.0f}/{duration:.0f} s, accepted so far: "
                       + ", ".join(f"{v} {counts.get(v, 0)}" for v in args.variants), flush=True)
+    return proc.returncode, (stop_nemesis(nemesis) if nemesis is not None else None)
+
+
+def start_nemesis(args, run_dir: Path, prefix: str, duration: float) -> subprocess.Popen | None:
+    """--faults: the nemesis beside Locust, for as long as the load runs, logging to faults.jsonl."""
+    if not args.faults:
+        return None
+    cmd = [sys.executable, "-m", "racelab.nemesis", "--faults", args.faults, "--duration", f"{duration:g}",
+           "--log", str(run_dir / "faults.jsonl"), "--run-id", prefix]
+    (run_dir / "nemesis.cmd").write_text(" ".join(cmd) + "\n")
+    print(f"load: faults {args.faults!r} (nemesis log {run_dir / 'faults.jsonl'})", flush=True)
+    with open(run_dir / "nemesis.log", "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def stop_nemesis(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
+    """The nemesis ends by itself after --duration (restoring what it broke); give it time to."""
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     return proc.returncode
 
 
@@ -91,11 +138,15 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--rate", type=float, default=10, help="users spawned per second")
     parser.add_argument("--duration", default="60s", help="e.g. 60s, 2m")
-    parser.add_argument("--variant", action="append", choices=VARIANTS, help="repeatable; default all three")
+    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS, help="repeatable; default: the running ones")
     parser.add_argument("--host", default="", help="gateway URL (default: this lab's gateway)")
     parser.add_argument("--locust-args", default="", help="extra Locust options, e.g. '--burst-size 8'")
+    parser.add_argument("--dup-rate", type=float, default=0.05,
+                        help="share of acked events sent again with the same id (webhook redelivery); 0 for none")
+    parser.add_argument("--faults", default="", metavar="SPEC",
+                        help="run the nemesis beside Locust with this fault spec (python -m racelab.nemesis --help)")
     args = parser.parse_args()
-    args.variants = tuple(args.variant or VARIANTS)
+    args.variants = tuple(args.variant or Settings.from_env().variants)
     args.locust_args = args.locust_args.split()
     try:
         parse_duration(args.duration)
@@ -103,6 +154,10 @@ def main() -> None:
         parser.error(str(exc))
     if args.users < 1 or args.rate <= 0:
         parser.error("--users must be at least 1 and --rate above 0")
+    if not 0 <= args.dup_rate <= 1:
+        parser.error("--dup-rate must be between 0 and 1")
+    if args.faults and importlib.util.find_spec("racelab.nemesis") is None:
+        parser.error("--faults needs racelab.nemesis, which is not installed here")
     settings = Settings.from_env()
     host = (args.host or settings.gateway_url).rstrip("/")
     problem = asyncio.run(lab_is_up(host, args.variants))
@@ -120,14 +175,25 @@ def main() -> None:
     run = {"task_prefix": prefix, "users": args.users, "rate": args.rate, "duration": args.duration,
            "variants": list(args.variants), "host": host, "started_at": time.time(),
            "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
-           "prometheus_url": settings.prometheus_url, "locust_args": args.locust_args}
+           "prometheus_url": settings.prometheus_url, "locust_args": args.locust_args,
+           "dup_rate": args.dup_rate, "faults": args.faults or None}
     print(f"load: {args.users} users ({args.rate}/s) for {args.duration} against {host}, "
           f"variants {', '.join(args.variants)}; results in {run_dir}", flush=True)
-    code = run_locust(args, host, run_dir, prefix, settings)
-    run["locust_exit_code"] = code
+    run["locust_exit_code"], nemesis_code = run_locust(args, host, run_dir, prefix, settings)
+    if args.faults:
+        run["nemesis_exit_code"] = nemesis_code
+        if nemesis_code:
+            print(f"load: the nemesis exited with {nemesis_code}; see {run_dir / 'nemesis.log'}", flush=True)
     print((run_dir / "locust.log").read_text(errors="replace"), end="")
+    entries = read_ledger([run_dir])  # every Locust process's ledger-*.jsonl, merged
+    distinct = {(e.variant, e.event_id) for e in entries}
+    run["ledger"] = {"files": sorted(p.name for p in run_dir.glob("ledger*.jsonl")), "entries": len(entries),
+                     "acked_events": len(distinct),
+                     "acked_events_per_variant": {v: sum(1 for d in distinct if d[0] == v) for v in args.variants}}
+    print(f"load: ledger {run['ledger']['entries']} acks of {run['ledger']['acked_events']} distinct events "
+          f"in {len(run['ledger']['files'])} file(s)", flush=True)
     results, quiescent = asyncio.run(wait_for_quiescence(
-        settings.pg_dsn, prefix, progress=lambda m: print(m, flush=True)))
+        settings.pg_dsn, prefix, ledger=entries, progress=lambda m: print(m, flush=True)))
     run["ended_at"] = time.time()
     (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     problems = verdict(results)
@@ -136,9 +202,10 @@ def main() -> None:
         {"quiescent": quiescent, "ok": not problems, "variants": {v: c.as_dict() for v, c in shown.items()}},
         indent=2) + "\n")
     print(table(shown))
-    print("FAIL: " + "; ".join(problems) if problems else "OK: locked and temporal lost nothing")
+    print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing, "
+          "applied nothing twice, no broken ack, no counter drift")
     print(f"results: {run_dir}  (make report writes report.html there)")
-    sys.exit(1 if problems or not quiescent else 0)
+    sys.exit(1 if problems or not quiescent or (args.faults and run.get("nemesis_exit_code")) else 0)
 
 
 if __name__ == "__main__":

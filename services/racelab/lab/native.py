@@ -20,7 +20,8 @@ from pathlib import Path
 import aiohttp
 
 from .. import db
-from ..config import VARIANTS, Settings
+from ..config import Settings
+from . import console
 from .topology import STAGES, Instance, Service, nginx_conf, paths, prometheus_conf, services, venv_binary
 
 MARKER = "RACELAB_LAB_ID"  # in the environment of every process of a lab: how down finds stragglers
@@ -170,7 +171,7 @@ async def healthy(inst: Instance, settings: Settings, session: aiohttp.ClientSes
             async with session.get(f"http://{settings.host}:{inst.port}{inst.service.health_path}") as resp:
                 return resp.status == 200
         elif kind == "gateway":
-            for variant in VARIANTS:
+            for variant in settings.variants:
                 async with session.get(f"http://{settings.host}:{inst.port}/{variant}/healthz") as resp:
                     if resp.status != 200:
                         return False
@@ -209,9 +210,10 @@ def log_tail(settings: Settings, name: str, lines: int = 20) -> str:
 
 def urls(settings: Settings) -> list[str]:
     g = settings.gateway_url
-    return [f"gateway        {g}/<variant>/api   (variants: {', '.join(VARIANTS)})",
+    return [f"gateway        {g}/<variant>/api   (variants: {', '.join(settings.variants)})",
             f"state          {g}/<variant>/tasks/<task id>/state?agent_id=<agent id>",
             f"temporal UI    http://{settings.host}:{settings.temporal_ui_port}",
+            f"dashboard      {settings.prometheus_url}/consoles/{console.CONSOLE}   (live, every {console.REFRESH_S} s)",
             f"prometheus     {settings.prometheus_url}",
             f"checker        http://{settings.host}:{settings.checker_port}/metrics   (counts as gauges)",
             f"postgres       {settings.pg_dsn}",
@@ -238,6 +240,7 @@ def up(settings: Settings) -> int:
     init_postgres(settings, run_as)
     (p["nginx"] / "nginx.conf").write_text(nginx_conf(settings))
     (p["prometheus"] / "prometheus.yml").write_text(prometheus_conf(settings))
+    console.write(p["prometheus"] / "consoles", p["prometheus"] / "console_libraries")
     sp = supervisor_paths(settings)
     sp["conf"].write_text(supervisor_conf(settings, svcs))
     subprocess.run([venv_binary("supervisord"), "-c", str(sp["conf"])], check=True)

@@ -6,13 +6,13 @@ import logging
 
 from aiohttp import web
 
-from ..config import VARIANTS, Settings
+from ..config import ALL_VARIANTS, Settings
 from .app import make_app
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="racelab ACP pod")
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--variant", choices=ALL_VARIANTS, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="", help="pod name shown by /healthz")
     args = parser.parse_args()

@@ -6,10 +6,14 @@ variant processes it after the reply. Bad input gets a JSON-RPC error and record
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
+import asyncpg
+import redis.exceptions
 from aiohttp import web
+from temporalio.service import RPCError, RPCStatusCode
 
 from .. import db, metrics, protocol
 from ..config import Settings
@@ -22,6 +26,73 @@ log = logging.getLogger("racelab.pod")
 VARIANT_KEY = web.AppKey("variant", Variant)
 
 
+RETRY_AFTER_S = 2  # a PostgreSQL, Redis or Temporal restart takes a few seconds
+
+# What a dependency that is down or restarting raises: answered 503 + Retry-After, never 500.
+_PG_DOWN = (asyncpg.PostgresConnectionError,      # class 08: connection failures
+            asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
+            asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+            asyncpg.exceptions.PostgresSystemError)  # class 58: I/O errors
+_PG_DATA = (asyncpg.exceptions.DataError,              # class 22: a value PostgreSQL refuses
+            asyncpg.exceptions.ProgramLimitExceededError,  # class 54: a value too large for an index
+            asyncpg.exceptions._base.DataError)       # asyncpg could not encode an argument
+_DEPENDENCY_MODULES = (("asyncpg", "PostgreSQL"), ("redis", "Redis"), ("temporalio", "Temporal"))
+
+
+def _dependency_in_traceback(exc: BaseException) -> str:
+    """Which library an OSError or timeout came out of: the innermost library frame of the
+    exception (or of the one it was raised from) names the dependency."""
+    for link in (exc, exc.__cause__, exc.__context__):
+        tb, found = (link.__traceback__ if link is not None else None), None
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            for prefix, name in _DEPENDENCY_MODULES:
+                if module == prefix or module.startswith(prefix + "."):
+                    found = name
+            tb = tb.tb_next
+        if found:
+            return found
+    return "a dependency (PostgreSQL, Redis or Temporal)"
+
+
+def classify_failure(exc: Exception) -> tuple[str, str] | None:
+    """("unavailable", which dependency) for a dependency that is down or timed out;
+    ("data", detail) for a value a store refused that validation let through; None otherwise."""
+    if isinstance(exc, _PG_DATA) or isinstance(exc, UnicodeError):
+        return "data", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RPCError):
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            return "data", f"Temporal refused the request: {exc.message}"
+        return "unavailable", "Temporal"
+    if isinstance(exc, _PG_DOWN) or isinstance(exc, asyncpg.InterfaceError):
+        return "unavailable", "PostgreSQL"
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return "unavailable", "Redis"
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return "unavailable", _dependency_in_traceback(exc)
+    return None
+
+
+def failure_response(exc: Exception, what: str, rpc_id=None) -> tuple[str, web.Response]:
+    """The answer to an exception a handler did not expect: (metrics outcome, response). Always a
+    JSON-RPC error object: 503 + Retry-After when a dependency is down, 400 for refused data, and
+    500 (logged, -32603) only for a bug."""
+    kind = classify_failure(exc)
+    if kind and kind[0] == "unavailable":
+        log.warning("%s: %s unavailable: %r", what, kind[1], exc)
+        body = RpcError(protocol.UNAVAILABLE, f"service unavailable: {kind[1]} is not answering "
+                        f"({type(exc).__name__}); retry in {RETRY_AFTER_S} s", rpc_id=rpc_id).body()
+        body["error"]["data"] = {"dependency": kind[1], "retry_after_s": RETRY_AFTER_S}
+        return "unavailable", web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    if kind and kind[0] == "data":
+        log.warning("%s: refused data: %s", what, kind[1])
+        return "rejected", rpc_error(RpcError(protocol.INVALID_PARAMS, f"invalid params: a value was refused "
+                                              f"({kind[1][:300]})", rpc_id=rpc_id))
+    log.exception("internal error on %s", what)
+    return "error", web.json_response(RpcError(protocol.INTERNAL_ERROR, "internal error", rpc_id=rpc_id).body(),
+                                      status=500)
+
+
 def rpc_error(exc: RpcError) -> web.Response:
     return web.json_response(exc.body(), status=exc.http_status)
 
@@ -29,6 +100,7 @@ def rpc_error(exc: RpcError) -> web.Response:
 async def handle_api(request: web.Request) -> web.Response:
     variant = request.app[VARIANT_KEY]
     method = "unknown"
+    rpc_id = None
     started = time.perf_counter()
     try:
         if request.content_type != "application/json":
@@ -41,15 +113,15 @@ async def handle_api(request: web.Request) -> web.Response:
             raise RpcError(protocol.INVALID_REQUEST,
                            f"invalid request: body larger than {protocol.MAX_BODY_BYTES} bytes", http_status=413) from None
         req = protocol.parse_envelope(body)
-        method = req.method
+        method, rpc_id = req.method, req.rpc_id
         result = await dispatch(variant, req)
     except RpcError as exc:
         metrics.REQUESTS.labels(variant.name, method, "rejected").inc()
         return rpc_error(exc)
-    except Exception:
-        log.exception("internal error on %s", method)
-        metrics.REQUESTS.labels(variant.name, method, "error").inc()
-        return web.json_response(RpcError(protocol.INTERNAL_ERROR, "internal error").body(), status=500)
+    except Exception as exc:
+        outcome, response = failure_response(exc, method, rpc_id)
+        metrics.REQUESTS.labels(variant.name, method, outcome).inc()
+        return response
     metrics.REQUESTS.labels(variant.name, method, "ok").inc()
     if method == "event/send":
         metrics.ACK_SECONDS.labels(variant.name).observe(time.perf_counter() - started)
@@ -89,14 +161,19 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
 
 
 async def handle_state(request: web.Request) -> web.Response:
+    """The task's state. Errors are JSON-RPC error objects too (400 bad id, 404 none, 503 down)."""
     variant = request.app[VARIANT_KEY]
-    task_id = request.match_info["task_id"]
-    agent_id = request.query.get("agent_id")
-    if not agent_id:
-        return web.json_response({"error": "query parameter agent_id is required"}, status=400)
-    row = await db.read_state(variant.ctx.pool, variant.name, task_id, agent_id)
+    try:
+        task_id = protocol.check_identifier(request.match_info["task_id"], "task id (path)")
+        agent_id = protocol.check_identifier(request.query.get("agent_id", ""), "agent_id (query)")
+        row = await db.read_state(variant.ctx.pool, variant.name, task_id, agent_id)
+    except RpcError as exc:
+        return rpc_error(exc)
+    except Exception as exc:
+        return failure_response(exc, "state")[1]
     if row is None:
-        return web.json_response({"error": f"no state for task {task_id!r} and agent {agent_id!r}"}, status=404)
+        return rpc_error(RpcError(protocol.INVALID_PARAMS, f"no state for task {task_id!r} and agent {agent_id!r}",
+                                  http_status=404))
     return web.json_response({"task_id": task_id, "agent_id": agent_id, "state": row["state"],
                               "updated_at": row["updated_at"].isoformat()})
 
@@ -111,8 +188,25 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "variant": variant.name, "pod": variant.ctx.pod_name})
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Whatever escapes a handler (an unknown path, a wrong method, a bug) is answered with a
+    JSON-RPC error object, never aiohttp's text or HTML page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = RpcError(protocol.INVALID_REQUEST if exc.status < 500 else protocol.INTERNAL_ERROR,
+                        f"{exc.status} {exc.reason}: {request.method} {request.path[:200]}").body()
+        return web.json_response(body, status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+    except Exception as exc:
+        return failure_response(exc, f"{request.method} {request.path[:200]}")[1]
+
+
 def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Application:
-    app = web.Application(client_max_size=protocol.MAX_BODY_BYTES)
+    app = web.Application(client_max_size=protocol.MAX_BODY_BYTES, middlewares=[json_errors])
 
     async def lifecycle(app: web.Application):
         pool = await db.create_pool(settings.pg_dsn)

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import VARIANTS, Settings
+from ..config import ALL_VARIANTS, Settings
 from ..model import Model
 from ..protocol import Event, TaskRef
 
@@ -69,7 +69,7 @@ class Variant:
 
 
 def load_variant(name: str, ctx: PodContext) -> Variant:
-    if name not in VARIANTS:
-        raise SystemExit(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
-    module = importlib.import_module(f"{__name__}.{name}")
+    if name not in ALL_VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; expected one of {', '.join(ALL_VARIANTS)}")
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")  # cursor-only -> cursor_only
     return module.VARIANT(ctx)

@@ -5,10 +5,18 @@ the state and move the cursor forward in one transaction. Why nothing is skipped
 - every event triggers a drain that runs after the event committed and waits for the lock, so
   the last event of a burst is listed by its own drain if no earlier holder saw it;
 - record_event commits the events of one task in seq order, so the cursor never passes an
-  event that commits later;
-- the state write checks the fencing token (a Redis counter taken with the lock): a holder
-  whose lock expired mid-batch cannot write over a newer holder; its model call shows up as
-  a duplicate effect, which is what such an expiry really costs.
+  event that commits later.
+Why nothing is applied twice, whatever crashes or pauses:
+- the fencing token is taken in PostgreSQL, on the tracker row the write checks, right after
+  the lock: a Redis restart (which forgets locks and counters) cannot make it go backwards;
+- the state write and cursor move happen only if the tracker still carries this holder's token;
+  a holder that was paused past its lease (another pod took the lock and a newer token) is
+  refused; its one model call in flight shows up as a duplicate effect, which is what such a
+  pause really costs. Before each model call the token is checked again, so a stale holder
+  makes no further calls.
+The lease is short (RACELAB_LOCK_TTL_S, 3 s) and renewed by the holder while it works, so a pod
+that dies holding a lock blocks its task for seconds, not a long TTL; the sweeper on the other
+pods then drains what the dead pod acked.
 Within one pod, triggers for the same task are coalesced into one drainer, so a burst of 30
 events costs a few lock round trips, not 30.
 """
@@ -82,25 +90,50 @@ class Locked(Variant):
             log.warning("lock of %s not acquired in %.0f s; retrying", key, settings.lock_wait_s)
             self._wanted.add(key)
             return
+        lease = Lease()
+        renewer = asyncio.create_task(self._renew(lock, lease, key))
         try:
-            fence = await self.redis.incr(f"racelab:fence:{task_id}:{agent_id}")
-            while await self.process_batch(task_id, agent_id, fence) == settings.batch_limit:
+            fence = await db.take_fence(self.ctx.pool, self.name, task_id, agent_id)
+            while await self.process_batch(task_id, agent_id, fence, lease) == settings.batch_limit:
                 pass  # a full batch: there may be more
         finally:
+            renewer.cancel()
             try:
                 await lock.release()
             except LockError:
                 metrics.LOCK_FAILURES.labels(self.name, "expired").inc()
                 log.warning("lock of %s expired while held (fencing kept the state safe)", key)
+            except Exception as exc:  # Redis down: the lease runs out by itself
+                log.warning("releasing the lock of %s failed: %r", key, exc)
 
-    async def process_batch(self, task_id: str, agent_id: str, fence: int) -> int:
-        """Process the events after the cursor; return how many were applied."""
+    async def _renew(self, lock, lease: "Lease", key: Key) -> None:
+        """Keep the lease while working: renew at a third of its length. A renewal that fails
+        (Redis restarted and forgot the lock, another holder has it) marks the lease lost."""
+        every = self.ctx.settings.lock_ttl_s / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await lock.reacquire()
+            except Exception as exc:
+                lease.lost = True
+                metrics.LOCK_FAILURES.labels(self.name, "lease_lost").inc()
+                log.warning("lease of %s lost (%r): no further model call under it", key, exc)
+                return
+
+    async def process_batch(self, task_id: str, agent_id: str, fence: int, lease: "Lease") -> int:
+        """Process the events after the cursor; return how many were applied (0 when there is
+        nothing to do or this holder is stale)."""
         pool = self.ctx.pool
         started = time.perf_counter()
         async with pool.acquire() as conn:
-            cursor = await conn.fetchval(
-                """SELECT last_processed_seq FROM trackers
-                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", self.name, task_id, agent_id) or 0
+            tracker = await conn.fetchrow(
+                """SELECT last_processed_seq, fence FROM trackers
+                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", self.name, task_id, agent_id)
+            if lease.lost or tracker is None or tracker["fence"] != fence:
+                metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
+                log.warning("stale lock holder for %s/%s (fence %d): no model call", task_id, agent_id, fence)
+                return 0
+            cursor = tracker["last_processed_seq"]
             events = await conn.fetch(
                 """SELECT seq, event_id, extract(epoch FROM accepted_at)::float8 AS accepted_at FROM events
                    WHERE variant = $1 AND task_id = $2 AND agent_id = $3 AND seq > $4
@@ -116,9 +149,10 @@ class Locked(Variant):
             tracker = await conn.fetchrow(
                 """SELECT last_processed_seq, fence FROM trackers
                    WHERE variant = $1 AND task_id = $2 AND agent_id = $3 FOR UPDATE""", self.name, task_id, agent_id)
-            if tracker is not None and (tracker["fence"] > fence or tracker["last_processed_seq"] != cursor):
-                log.warning("stale lock holder for %s/%s (fence %d < %d): batch dropped",
-                            task_id, agent_id, fence, tracker["fence"])
+            if tracker is None or tracker["fence"] != fence or tracker["last_processed_seq"] != cursor:
+                metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
+                log.warning("stale lock holder for %s/%s (fence %d, now %s): batch dropped",
+                            task_id, agent_id, fence, tracker and tracker["fence"])
                 return 0
             await db.write_state(conn, self.name, task_id, agent_id, new_state)
             await db.advance_cursor(conn, self.name, task_id, agent_id, events[-1]["seq"], fence,
@@ -150,6 +184,11 @@ class Locked(Variant):
                 continue
             for row in rows:
                 self.wake((row["task_id"], row["agent_id"]))
+
+
+class Lease:
+    """Whether the holder still holds its lock (set by the renewer)."""
+    lost = False
 
 
 VARIANT = Locked

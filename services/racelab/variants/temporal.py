@@ -1,21 +1,38 @@
 """temporal: one workflow per task (workflow id = task id), events delivered as signals.
 
-The pod signals with signal-with-start inside the transaction that records the event, so an
-ack means the event is both in the event log and in the workflow's signal queue. The workers
-(racelab.worker) apply the events one at a time and write the state where the others keep it.
-A re-sent event is a new signal; the workflow dedupes it on the event id.
+The hand-off is a transactional outbox, not a dual write: the pod writes the event and an outbox
+row in one transaction and acks after the commit; a relay then signals the task's workflow
+(signal-with-start, signal `receive_event` as Agentex uses) and deletes the row. A signal is
+never sent for an event the log does not have, and an acked event whose relay failed (Temporal
+down, the pod killed) stays in the outbox until a relay of any pod sends it. The workflow
+dedupes on the event id, so sending one twice is harmless. The workers (racelab.worker) apply
+the pending events in batches, one batch at a time, and write the state where the others keep it.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
+from .. import metrics
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, TASK_QUEUE, WORKFLOW_NAME
 from ..protocol import Event, TaskRef
 from . import Variant
+
+log = logging.getLogger("racelab.temporal")
+
+RELAY_BATCH = 100          # outbox rows one relay pass claims
+RELAY_CONCURRENCY = 16     # signals in flight per relay: more only queues up in the dev server
+RELAY_IDLE_S = 1.0         # a relay looks at the outbox at least this often (rows of dead pods)
+RELAY_BACKOFF_MAX_S = 2.0  # while Temporal or PostgreSQL is down
+RELAY_SIGNAL_TIMEOUT_S = 10.0  # a relay pass gives up on a Temporal that does not answer
+# Workflow task timeout: how soon a workflow task on a killed worker is handed to another one.
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 def workflow_input(variant: str, ref: TaskRef) -> dict:
@@ -29,23 +46,84 @@ class TemporalVariant(Variant):
 
     async def start(self) -> None:
         self.client = await Client.connect(self.ctx.settings.temporal_address)
+        self._wake = asyncio.Event()
+        self._signals = asyncio.Semaphore(RELAY_CONCURRENCY)
+        self.spawn(self._relay_forever(), "temporal outbox relay")
 
     async def health(self) -> None:
         if not await self.client.service_client.check_health():
             raise RuntimeError("temporal frontend is not serving")
 
     async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
-        ref = TaskRef(event.agent_id, event.task_id, event.task_params)
+        # Every delivery, re-sends too: if the first one's signal was somehow lost, this one
+        # brings it; the workflow dedupes.
+        payload = {**event.to_payload(), "accepted_at": accepted_at,
+                   "task_params": event.task_params}
+        await conn.execute(
+            """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (variant, event_id) DO NOTHING""",
+            self.name, event.event_id, event.task_id, event.agent_id, payload)
+
+    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+        self._wake.set()
+
+    async def _relay_forever(self) -> None:
+        backoff = 0.0
+        while True:
+            if backoff:
+                await asyncio.sleep(backoff)
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), RELAY_IDLE_S)
+                except asyncio.TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                while await self.relay_once() == RELAY_BATCH:
+                    pass
+                backoff = 0.0
+            except Exception as exc:  # Temporal or PostgreSQL down: the rows wait in the outbox
+                backoff = min(RELAY_BACKOFF_MAX_S, max(0.1, backoff * 2))
+                log.warning("outbox relay failed (%r); retrying in %.1f s", exc, backoff)
+
+    async def relay_once(self) -> int:
+        """Signal the outbox's oldest rows that no other relay holds; delete the ones signalled.
+        Returns how many rows were claimed."""
+        async with self.ctx.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT event_id, task_id, agent_id, payload FROM outbox WHERE variant = $1
+                   ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""", self.name, RELAY_BATCH)
+            if not rows:
+                return 0
+            results = await asyncio.gather(
+                *(self.signal(r["payload"]) for r in rows),
+                return_exceptions=True)
+            done = [r["event_id"] for r, res in zip(rows, results) if not isinstance(res, BaseException)]
+            await conn.execute("DELETE FROM outbox WHERE variant = $1 AND event_id = ANY($2::text[])",
+                               self.name, done)
+        failed = [res for res in results if isinstance(res, BaseException)]
+        if failed:
+            raise failed[0]
+        return len(rows)
+
+    async def signal(self, payload: dict) -> None:
+        async with self._signals:
+            await asyncio.wait_for(self._signal(payload), RELAY_SIGNAL_TIMEOUT_S)
+
+    async def _signal(self, payload: dict) -> None:
+        ref = TaskRef(payload["agent_id"], payload["task_id"], payload.get("task_params") or {})
+        event = {k: payload[k] for k in ("event_id", "task_id", "agent_id", "sequence_id", "content", "accepted_at")}
         await self.client.start_workflow(
-            WORKFLOW_NAME, workflow_input(self.name, ref), id=event.task_id, task_queue=TASK_QUEUE,
+            WORKFLOW_NAME, workflow_input(self.name, ref), id=ref.task_id, task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=SIGNAL_RECEIVE_EVENT,
-            start_signal_args=[{**event.to_payload(), "accepted_at": accepted_at, "signalled_at": time.time()}])
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
+            start_signal=SIGNAL_RECEIVE_EVENT, start_signal_args=[{**event, "signalled_at": time.time()}])
+        metrics.RELAYED.labels(self.name).inc()
 
     async def on_task_created(self, ref: TaskRef) -> None:
         await self.client.start_workflow(
             WORKFLOW_NAME, workflow_input(self.name, ref), id=ref.task_id, task_queue=TASK_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, task_timeout=WORKFLOW_TASK_TIMEOUT)
 
     async def on_task_cancelled(self, ref: TaskRef) -> None:
         try:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -17,17 +18,24 @@ from .. import db, metrics
 from ..config import TASK_QUEUE, Settings
 from ..model import Model
 from .activities import TaskActivities
+from .naive_activities import NaiveActivities
+from .naive_workflow import NaiveTaskWorkflow
 from .workflow import TaskWorkflow
 
 
 async def serve(port: int) -> None:
     settings = Settings.from_env()
     metrics.init("temporal")
+    metrics.init("temporal-naive")
     pool = await db.create_pool(settings.pg_dsn)
     client = await Client.connect(settings.temporal_address)
     activities = TaskActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
-    worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow],
-                    activities=[activities.load_state, activities.apply_event])
+    naive = NaiveActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
+    # temporal-naive's workflow (the seed's tutorial) runs on the same workers and task queue
+    worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow, NaiveTaskWorkflow],
+                    activities=[activities.load_state, activities.apply_events, naive.respond],
+                    # a workflow whose sticky worker was killed moves to another worker this soon
+                    sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 

@@ -1,6 +1,7 @@
 """Activities of the task workflow: they hold the PostgreSQL pool and the model."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from temporalio import activity
@@ -8,6 +9,19 @@ from temporalio import activity
 from .. import db, metrics
 from ..model import Model
 from ..state import apply_events
+
+HEARTBEAT_EVERY_S = 0.5
+
+
+async def heartbeating(coro):
+    """Await coro, heartbeating meanwhile: the server learns within the heartbeat timeout that
+    a worker died mid-activity, however long the model takes."""
+    task = asyncio.ensure_future(coro)
+    while True:
+        activity.heartbeat()
+        done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+        if done:
+            return task.result()
 
 
 class TaskActivities:
@@ -22,18 +36,25 @@ class TaskActivities:
             return {"version": 0, "history": []}
         return {"version": row["version"], "history": row["state"]["history"]}
 
-    @activity.defn(name="apply_event")
-    async def apply_event(self, params: dict) -> int:
-        """Call the model for one event and apply it; returns the state's new version.
+    @activity.defn(name="apply_events")
+    async def apply_events(self, params: dict) -> int:
+        """Call the model once for a batch of events and apply them; returns the state's new version.
 
-        The write is guarded by the version the workflow expects: if a previous attempt of this
-        activity already wrote (and only its completion was lost), the retry changes nothing.
-        Its model call is then a second effect, which the checker counts as a duplicate.
+        Guarded by the version the workflow expects: if a previous attempt of this activity
+        already wrote (only its completion was lost), the retry changes nothing and makes no
+        model call. An attempt that died between its model call and its write leaves one
+        repeated model call per event of the batch, which the checker counts as duplicate
+        side effects (the events in flight at the fault).
         """
         variant, task_id, agent_id = params["variant"], params["task_id"], params["agent_id"]
-        event_id = params["event"]["event_id"]
+        event_ids = [e["event_id"] for e in params["events"]]
         started = time.perf_counter()
-        await self.model.call(self.pool, variant, task_id, agent_id, [event_id])
+        row = await db.read_state(self.pool, variant, task_id, agent_id)
+        if (row["version"] if row else 0) != params["version"]:
+            activity.logger.warning("state of %s at version %d, expected %d: already applied",
+                                    task_id, row["version"] if row else 0, params["version"])
+            return row["version"] if row else 0
+        await heartbeating(self.model.call(self.pool, variant, task_id, agent_id, event_ids))
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """SELECT state, version FROM task_states WHERE variant = $1 AND task_id = $2 AND agent_id = $3
@@ -43,13 +64,15 @@ class TaskActivities:
                 activity.logger.warning("state of %s at version %d, expected %d: already applied",
                                         task_id, version, params["version"])
                 return version
-            state = apply_events(row["state"] if row else None, [event_id])
+            state = apply_events(row["state"] if row else None, event_ids)
             state["workflow_runs"] = params["workflow_runs"]
             await db.write_state(conn, variant, task_id, agent_id, state)
         now = time.time()
-        metrics.STATE_WRITES.labels(variant).inc()
+        metrics.STATE_WRITES.labels(variant).inc(len(event_ids))
+        metrics.BATCH_SIZE.labels(variant).observe(len(event_ids))
         metrics.HANDLER_SECONDS.labels(variant).observe(time.perf_counter() - started)
-        if "accepted_at" in params["event"]:
-            metrics.APPLY_SECONDS.labels(variant).observe(now - params["event"]["accepted_at"])
-            metrics.SIGNAL_TO_APPLY.labels(variant).observe(now - params["event"]["signalled_at"])
+        for event in params["events"]:
+            if "accepted_at" in event:
+                metrics.APPLY_SECONDS.labels(variant).observe(now - event["accepted_at"])
+                metrics.SIGNAL_TO_APPLY.labels(variant).observe(now - event["signalled_at"])
         return version + 1

@@ -3,7 +3,9 @@
 The seed's pattern, an async signal handler that awaits an activity and then assigns state,
 interleaves at the await and loses updates. Here the signal handler only enqueues (deduping on
 the event id) and the run loop applies one event at a time, so there is no interleaving to lose
-anything to. Before the history grows too long the workflow continues as new, carrying the
+anything to. The run loop takes every pending event (up to BATCH_LIMIT) and applies them
+with one activity and one model call, as locked does with a cursor batch: a burst to one task
+costs a few activity round trips, not one per event. Before the history grows too long the workflow continues as new, carrying the
 count of applied events and the events still pending; the applied ids come back from the
 state in PostgreSQL.
 """
@@ -16,8 +18,13 @@ from temporalio.common import RetryPolicy
 
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, WORKFLOW_NAME
 
-ACTIVITY_TIMEOUT = timedelta(seconds=60)
-RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+BATCH_LIMIT = 50
+# Sized to the work: an activity heartbeats while it waits for the model, so a killed worker's
+# activity is retried elsewhere after HEARTBEAT_TIMEOUT, whatever the model's latency; the long
+# start-to-close only bounds a hung one.
+ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=120), heartbeat_timeout=timedelta(seconds=2),
+                        retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200),
+                                                 maximum_interval=timedelta(seconds=2)))
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -41,8 +48,7 @@ class TaskWorkflow:
     @workflow.run
     async def run(self, params: dict) -> dict:
         task = {k: params[k] for k in ("variant", "task_id", "agent_id")}
-        loaded = await workflow.execute_activity(
-            "load_state", task, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RETRY)
+        loaded = await workflow.execute_activity("load_state", task, **ACTIVITY_OPTIONS)
         version: int = loaded["version"]
         applied = set(loaded["history"])
         runs = params.get("runs", 0) + 1
@@ -57,12 +63,12 @@ class TaskWorkflow:
             await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled)
             if not self._pending:  # cancelled, and everything received is applied
                 return {"applied": len(applied), "runs": runs}
-            event = self._pending.pop(0)
+            batch, self._pending = self._pending[:BATCH_LIMIT], self._pending[BATCH_LIMIT:]
             version = await workflow.execute_activity(
-                "apply_event", {**task, "event": event, "version": version, "workflow_runs": runs},
-                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RETRY)
-            applied.add(event["event_id"])
-            applied_this_run += 1
+                "apply_events", {**task, "events": batch, "version": version, "workflow_runs": runs},
+                **ACTIVITY_OPTIONS)
+            applied.update(e["event_id"] for e in batch)
+            applied_this_run += len(batch)
             if workflow.info().is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new({**params, "pending": self._pending, "runs": runs})

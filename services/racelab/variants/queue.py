@@ -1,0 +1,206 @@
+"""queue: the seed's "Option 2" — pods enqueue, separate queue workers consume.
+
+The pod adds each event to a Redis stream inside the transaction that records it (like the
+temporal variant's signal: acked means logged and enqueued). Queue workers
+(`python -m racelab.variants.queue`, ≥ 2 processes) read the stream through one consumer group,
+so each entry goes to one worker; a worker applies the entries of one task one after another.
+A task is never processed on two workers at once: the apply runs in a transaction holding the
+task's state row lock (SELECT ... FOR UPDATE), and skips an event already in the history, so an
+entry delivered twice (reclaimed, re-sent) is applied once. The effect row is written only after
+that check, under the lock: a model call is repeated only when a worker dies between the call
+and its commit. Entries a worker read and never acknowledged (it was killed) are taken over by
+another with XAUTOCLAIM once idle for CLAIM_IDLE_MS; a restarted worker (same name) first
+re-reads its own pending entries.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+
+import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+from .. import db, metrics
+from ..config import Settings
+from ..model import Model, model_latency_ms
+from ..protocol import Event
+from ..state import apply_events, initial_state
+from . import Variant
+
+log = logging.getLogger("racelab.queue")
+NAME = "queue"
+STREAM = "racelab:queue:events"
+GROUP = "racelab-queue-workers"
+CLAIM_IDLE_MS = 5000  # an entry read this long ago and not acknowledged: its worker is presumed dead
+Key = tuple[str, str]  # (task_id, agent_id)
+
+
+async def ensure_group(r: redis.Redis) -> None:
+    try:  # from id 0: entries added before the group existed are delivered too
+        await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Queue(Variant):
+    """The pod's side: enqueue, nothing else."""
+    name = NAME
+
+    async def start(self) -> None:
+        self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
+        await ensure_group(self.redis)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.redis.aclose()
+
+    async def health(self) -> None:
+        await self.redis.ping()
+
+    async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
+        # a re-sent event is enqueued again: harmless (the worker dedupes), and it recovers an
+        # entry a Redis restart dropped (this Redis keeps nothing on disk)
+        latency = model_latency_ms(event.task_params)
+        await self.redis.xadd(STREAM, {"task_id": event.task_id, "agent_id": event.agent_id,
+                                       "event_id": event.event_id, "accepted_at": repr(accepted_at),
+                                       "model_latency_ms": "" if latency is None else repr(latency)})
+
+
+class QueueWorker:
+    """One consumer of the group: per task, one entry at a time; different tasks concurrently."""
+
+    def __init__(self, name: str, settings: Settings, pool, r: redis.Redis):
+        self.name, self.settings, self.pool, self.redis = name, settings, pool, r
+        self.model = Model(settings.model_latency_ms, settings.model_jitter_ms)
+        self.slots = asyncio.Semaphore(8)  # transactions in flight (the pool has 10 connections)
+        self._queued: dict[Key, list[tuple[str, dict]]] = {}
+        self._runners: dict[Key, asyncio.Task] = {}
+        self._held: set[str] = set()  # entry ids queued or in progress here
+
+    async def run(self) -> None:
+        await ensure_group(self.redis)
+        await asyncio.gather(self._read("0"), self._claim_forever())  # "0": own pending entries first
+
+    async def _read(self, start: str) -> None:
+        last = start
+        while True:
+            reply = await self.redis.xreadgroup(GROUP, self.name, {STREAM: last}, count=100, block=1000)
+            entries = reply[0][1] if reply else []
+            if last == "0" and not entries:
+                last = ">"  # own backlog done: new entries from now on
+                continue
+            for entry_id, fields in entries:
+                self.dispatch(entry_id, fields)
+            if last == "0":
+                last = entries[-1][0]
+
+    async def _claim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                reply = await self.redis.xautoclaim(STREAM, GROUP, self.name, CLAIM_IDLE_MS, "0-0", count=100)
+            except Exception:
+                log.exception("xautoclaim failed")
+                continue
+            for entry_id, fields in reply[1]:
+                if fields and entry_id not in self._held:
+                    log.warning("claimed %s (idle > %d ms): its worker is gone", entry_id, CLAIM_IDLE_MS)
+                    self.dispatch(entry_id, fields)
+
+    def dispatch(self, entry_id: str, fields: dict) -> None:
+        if entry_id in self._held:
+            return
+        self._held.add(entry_id)
+        key = (fields["task_id"], fields["agent_id"])
+        self._queued.setdefault(key, []).append((entry_id, fields))
+        if key not in self._runners:
+            self._runners[key] = asyncio.create_task(self._run_task(key))
+
+    async def _run_task(self, key: Key) -> None:
+        try:
+            while self._queued.get(key):
+                entry_id, fields = self._queued[key].pop(0)
+                try:
+                    async with self.slots:
+                        await self.apply(fields)
+                    await self.redis.xack(STREAM, GROUP, entry_id)
+                except Exception:  # not acknowledged: reclaimed (by any worker) once idle
+                    log.exception("entry %s failed; it will be reclaimed", entry_id)
+                finally:
+                    self._held.discard(entry_id)
+        finally:
+            self._runners.pop(key, None)
+            if not self._queued.get(key):
+                self._queued.pop(key, None)
+
+    async def apply(self, f: dict) -> None:
+        task_id, agent_id, event_id = f["task_id"], f["agent_id"], f["event_id"]
+        started = time.perf_counter()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO task_states (variant, task_id, agent_id, state) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT DO NOTHING""", NAME, task_id, agent_id, initial_state())
+            row = await conn.fetchrow(
+                """SELECT state FROM task_states WHERE variant = $1 AND task_id = $2 AND agent_id = $3
+                   FOR UPDATE""", NAME, task_id, agent_id)  # the task is ours until commit
+            if event_id in row["state"]["history"]:
+                return  # applied already: a reclaimed or re-sent entry
+            if not await self._logged(event_id):
+                log.warning("event %s is in the queue but not in the event log: dropped", event_id)
+                return
+            await self.model.call(self.pool, NAME, task_id, agent_id, [event_id],
+                                  float(f["model_latency_ms"]) if f.get("model_latency_ms") else None)
+            await db.write_state(conn, NAME, task_id, agent_id, apply_events(row["state"], [event_id]))
+        metrics.STATE_WRITES.labels(NAME).inc()
+        metrics.APPLY_SECONDS.labels(NAME).observe(time.time() - float(f["accepted_at"]))
+        metrics.HANDLER_SECONDS.labels(NAME).observe(time.perf_counter() - started)
+
+    async def _logged(self, event_id: str) -> bool:
+        """The entry is added before the pod's transaction commits: wait for that commit (a
+        moment); an event never committed (its transaction failed after the add) is dropped."""
+        for _ in range(100):
+            if await self.pool.fetchval("SELECT 1 FROM events WHERE variant = $1 AND event_id = $2", NAME, event_id):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+async def serve(port: int, name: str) -> None:
+    settings = Settings.from_env()
+    metrics.init(NAME)
+    pool = await db.create_pool(settings.pg_dsn)
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    runner = await metrics.serve_health_and_metrics("queue-worker", settings.host, port)
+    work = asyncio.create_task(QueueWorker(name, settings, pool, r).run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    work.cancel()
+    failed = (await asyncio.gather(work, return_exceptions=True))[0]
+    await runner.cleanup()
+    await r.aclose()
+    await pool.close()
+    if isinstance(failed, Exception):  # e.g. Redis went away: exit, supervisor restarts us
+        raise failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="racelab queue worker (the queue variant's consumer)")
+    parser.add_argument("--port", type=int, required=True, help="health/metrics port")
+    parser.add_argument("--name", required=True, help="consumer name in the group (stable across restarts)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.port, args.name))
+
+
+if __name__ == "__main__":
+    main()
+
+
+VARIANT = Queue

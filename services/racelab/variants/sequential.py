@@ -1,0 +1,87 @@
+"""sequential: the second seed's "slow but safe" — one event at a time for the whole variant,
+across all its replicas.
+
+One PostgreSQL advisory lock stands for the variant: a pod that holds it applies the oldest
+unapplied event of any task (one model call, then the state write and the task's cursor in one
+transaction), then the next, until none is left. Advisory locks die with their connection, so a
+killed pod frees the lock at once and its in-flight event is applied again by the next holder
+(a repeated model call, never a lost or doubled application). Throughput is at most one event
+per model latency, whatever the number of pods or tasks."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .. import db, metrics
+from ..protocol import Event
+from ..state import apply_events
+from . import Variant
+
+log = logging.getLogger("racelab.sequential")
+LOCK_KEY = 0x5E9_0E47  # the advisory lock of the whole variant
+
+
+class Sequential(Variant):
+    name = "sequential"
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self.spawn(self._drain_forever(), f"{self.name} drainer")
+
+    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+        self._wake.set()
+
+    async def _drain_forever(self) -> None:
+        interval = self.ctx.settings.sweep_interval_s
+        while True:
+            try:  # woken by an ack here, or every interval for events acked by a pod that died
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.drain()
+            except Exception:
+                log.exception("drain failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def drain(self) -> None:
+        async with self.ctx.pool.acquire() as lock_conn:
+            waited = time.perf_counter()
+            await lock_conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+            metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
+            try:
+                while await self.apply_next():
+                    pass
+            finally:
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+
+    async def apply_next(self) -> bool:
+        """Apply the oldest event after its task's cursor; False when there is none. (The events
+        of one task commit in seq order, so a per-task cursor never passes a later commit.)"""
+        pool = self.ctx.pool
+        e = await pool.fetchrow(
+            """SELECT e.seq, t.task_id, t.agent_id, e.event_id, extract(epoch FROM e.accepted_at)::float8 AS t
+               FROM tasks t LEFT JOIN trackers tr USING (variant, task_id, agent_id)
+               CROSS JOIN LATERAL (SELECT seq, event_id, accepted_at FROM events
+                                   WHERE variant = t.variant AND task_id = t.task_id AND agent_id = t.agent_id
+                                   AND seq > COALESCE(tr.last_processed_seq, 0) ORDER BY seq LIMIT 1) e
+               WHERE t.variant = $1 ORDER BY e.seq LIMIT 1""", self.name)
+        if e is None:
+            return False
+        started = time.perf_counter()
+        task_id, agent_id = e["task_id"], e["agent_id"]
+        await self.ctx.model.call(pool, self.name, task_id, agent_id, [e["event_id"]])
+        async with pool.acquire() as conn, conn.transaction():
+            row = await db.read_state(conn, self.name, task_id, agent_id)
+            await db.write_state(conn, self.name, task_id, agent_id,
+                                 apply_events(row["state"] if row else None, [e["event_id"]]))
+            await db.advance_cursor(conn, self.name, task_id, agent_id, e["seq"], 0, "applied one event")
+        metrics.STATE_WRITES.labels(self.name).inc()
+        metrics.APPLY_SECONDS.labels(self.name).observe(time.time() - e["t"])
+        metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        return True
+
+
+VARIANT = Sequential

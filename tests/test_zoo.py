@@ -1,0 +1,148 @@
+"""The race zoo (issue 10): each variant's documented outcome on the native lab, from one shared
+burst where the outcome is a burst's, and a short scenario of its own where it needs one."""
+import asyncio
+import time
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from racelab import db
+from racelab.clients.burst import AGENT, burst_and_check, event_send
+from racelab.nemesis.runtimes import NativeRuntime
+
+from helpers import counts_for, get_state, new_id, send_event
+
+ZOO = ("temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock", "queue", "optimistic")
+TASKS, EVENTS = 8, 20  # 160 concurrent events per variant, all seven at once: about 20 s on 2 cores
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zoo_running(lab):
+    missing = [v for v in ZOO + ("sequential",) if v not in lab.settings.variants]
+    if missing:
+        pytest.skip(f"the lab does not run {', '.join(missing)} (RACELAB_VARIANTS=all)")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def burst(lab):
+    return await burst_and_check(lab.settings, TASKS, EVENTS, ZOO)
+
+
+def counts(burst, variant):
+    return burst["results"][variant]
+
+
+def test_zoo_burst_acked_everything_and_the_ledger_agrees(burst):
+    assert burst["quiescent"] and burst["errors"] == [] and burst["disagreements"] == []
+    for variant in ZOO:
+        assert counts(burst, variant).accepted == TASKS * EVENTS, variant
+
+
+@pytest.mark.parametrize("variant", ["queue", "optimistic", "lock-only"])
+def test_safe_under_the_burst(burst, variant):
+    """lock-only too, as long as every handler finishes within the seed's 30 s timeout."""
+    c = counts(burst, variant)
+    assert (c.applied, c.lost, c.duplicates, c.counter_drift, c.phantoms) == (TASKS * EVENTS, 0, 0, 0, 0)
+
+
+def test_temporal_naive_loses_updates_under_a_burst(burst):
+    c = counts(burst, "temporal-naive")
+    assert c.lost > 0 and c.counter_drift < 0
+
+
+def test_cursor_only_duplicates(burst):
+    """The seed's cursor handler without a lock: handlers that read the same cursor serve the
+    same batch ("reduces but doesn't eliminate")."""
+    c = counts(burst, "cursor-only")
+    assert c.duplicate_applications > 0 and c.duplicate_side_effects > 0 and c.counter_drift > 0
+
+
+def test_cursor_skip_loses_events_its_cursor_passed(burst):
+    c = counts(burst, "cursor-skip")
+    assert c.lost > 0 and c.duplicates == 0  # skipped, never applied twice
+
+
+def test_asyncio_lock_loses_updates_across_three_pods(burst):
+    c = counts(burst, "asyncio-lock")
+    assert c.lost > 0 and c.duplicates == 0
+
+
+async def test_optimistic_counts_its_conflicts(lab, burst):
+    total = 0.0
+    async with aiohttp.ClientSession() as session:
+        for r in range(1, lab.settings.replicas + 1):
+            async with session.get(f"http://{lab.settings.host}:{lab.settings.pod_port('optimistic', r)}/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith('racelab_optimistic_conflicts_total{variant="optimistic"}'):
+                        total += float(line.split()[-1])
+    assert total > 0
+
+
+async def test_asyncio_lock_is_safe_with_one_replica(lab):
+    """One replica, emulated: every event of the task goes to one pod, on its own port."""
+    task = new_id("zoo-one-pod")
+    url = f"http://{lab.settings.host}:{lab.settings.pod_port('asyncio-lock', 1)}/api"
+    async with aiohttp.ClientSession() as session:
+        async def one(i):
+            async with session.post(url, json=event_send(task, f"{task}-{i}", i, "hi")) as resp:
+                return resp.status
+        assert set(await asyncio.gather(*(one(i) for i in range(EVENTS)))) == {200}
+    c = (await counts_for(lab.settings, task))["asyncio-lock"]
+    assert (c.applied, c.lost, c.duplicates, c.counter_drift) == (EVENTS, 0, 0, 0)
+
+
+async def test_temporal_naive_is_safe_one_event_at_a_time(lab):
+    task = new_id("zoo-naive-serial")
+    for i in range(6):
+        status, _ = await send_event(lab.settings, "temporal-naive", task, f"{task}-{i}", i)
+        assert status == 200
+
+        async def applied():
+            code, body = await get_state(lab.settings, "temporal-naive", task)
+            return code == 200 and f"{task}-{i}" in body["state"]["history"]
+        deadline = time.monotonic() + 20
+        while not await applied():
+            assert time.monotonic() < deadline, f"event {i} not applied"
+            await asyncio.sleep(0.05)
+    c = (await counts_for(lab.settings, task))["temporal-naive"]
+    assert (c.applied, c.lost, c.duplicates, c.counter_drift) == (6, 0, 0, 0)
+
+
+async def test_lock_only_fails_when_processing_outlives_the_lock(lab):
+    """A model call of 400 ms under a 150 ms lock: a second handler takes the expired lock and
+    reads the state the first has not written yet."""
+    task = new_id("zoo-lease")
+    params = {"model_latency_ms": 400, "lock_ttl_s": 0.15}
+    replies = await asyncio.gather(*(send_event(lab.settings, "lock-only", task, f"{task}-{i}", i, params)
+                                     for i in range(8)))
+    assert [r[0] for r in replies] == [200] * 8
+    c = (await counts_for(lab.settings, task))["lock-only"]
+    assert c.lost > 0 and c.counter_drift < 0
+
+
+async def test_sequential_is_safe_and_one_event_at_a_time(lab):
+    prefix = new_id("zoo-seq") + "-"
+    out = await burst_and_check(lab.settings, 3, 10, ("sequential",), prefix=prefix)
+    c = out["results"]["sequential"]
+    assert (c.applied, c.lost, c.duplicates, c.counter_drift) == (30, 0, 0, 0)
+    async with db.connection(lab.settings.pg_dsn) as conn:
+        calls = [r["t"] for r in await conn.fetch(
+            """SELECT extract(epoch FROM created_at)::float8 AS t FROM effects WHERE variant = 'sequential'
+               AND task_id LIKE $1 ORDER BY created_at""", prefix + "%")]
+    # one model call at a time, each at least the model's minimum latency (50 - 20 ms) after the last
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    min_latency_s = (lab.settings.model_latency_ms - lab.settings.model_jitter_ms) / 1000
+    assert len(calls) == 30 and min(gaps) >= min_latency_s * 0.95
+
+
+async def test_queue_loses_nothing_when_a_queue_worker_is_killed_mid_burst(lab):
+    runtime = NativeRuntime(lab.settings)
+    prefix = new_id("zoo-qkill") + "-"
+    burst_task = asyncio.create_task(burst_and_check(lab.settings, 6, 30, ("queue",), spread_s=2.0, prefix=prefix))
+    await asyncio.sleep(1.0)
+    old = await runtime.kill("queue-worker-1")
+    await runtime.wait_back("queue-worker-1", old)
+    c = (await burst_task)["results"]["queue"]
+    assert (c.accepted, c.applied, c.lost, c.duplicate_applications, c.counter_drift) == (180, 180, 0, 0, 0)
+    assert c.duplicate_side_effects <= 8  # at most the model calls in flight at the kill
