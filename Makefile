@@ -22,10 +22,17 @@ DUP_RATE ?= 0.05
 FAULTS   ?=
 CHAOS_ARGS ?=
 PYTEST_ARGS ?=
+SOAK_RATE     ?= 20
+SOAK_DURATION ?= 10m
 
 -include .env
 # VARIANTS=all or a comma list (e.g. VARIANTS=locked,queue): which variants run; every command
 # (up, status, burst, verify, load, matrix, test's lab...) reads it as RACELAB_VARIANTS
+# AGENT=<path>: also run your own agentex-sdk agent (Agentex's layout, project/acp.py) as variant
+# "agent", in a virtualenv of its own (README, "Test your own agent"); the lab's own install is untouched
+ifdef AGENT
+export RACELAB_AGENT := $(abspath $(AGENT))
+endif
 ifdef VARIANTS
 export RACELAB_VARIANTS := $(VARIANTS)
 endif
@@ -36,7 +43,7 @@ LOCUST_CLASS = $(if $(VARIANT),$(shell echo '$(VARIANT)' | awk -F- '{ for (i = 1
 # `docker compose wait` (make load) came with Compose v2.20; older ones fail there, after the run
 COMPOSE_MIN := 2.20
 
-.PHONY: help install compose-version up down status urls logs burst verify load chaos report bench compose-files test fuzz clean
+.PHONY: help install compose-version up down status urls logs burst verify load chaos report bench matrix compose-files test test-agent fuzz clean
 
 help:
 	@echo "runtime: $(RUNTIME)   (RUNTIME=docker|native to force one)"
@@ -50,9 +57,13 @@ help:
 	@echo "make chaos    a burst per fault kind (kill pod/worker/redis/postgres/temporal, pause pod), judged;"
 	@echo "              FAULTS='kill-redis@every30s' DURATION=2m: only the nemesis, beside make load"
 	@echo "make report   an HTML report of the latest native load run (results/latest/report.html)"
-	@echo "make bench    the benchmark table (native lab)"
+	@echo "make bench    the benchmark: ingest/apply vs a bare INSERT path, Temporal's own limits, checker at 1M events"
+	@echo "make soak     SOAK_RATE events/s per variant for SOAK_DURATION (10m): memory growth and latency, judged"
+	@echo "make matrix   scenarios x running variants (VARIANTS=all), counts and pass/fail per cell (native lab)"
 	@echo "make down     stop everything the lab started (docker: containers and volumes)"
 	@echo "make test     the test suite (starts and stops its own native lab)"
+	@echo "make up AGENT=examples/agents/race-prone   also run your own agentex-sdk agent as variant agent"
+	@echo "make test-agent  the examples under AGENT= (builds their Python 3.12 virtualenv once)"
 	@echo "make fuzz     the long property-based fuzz of /api and the state endpoint (native; RACELAB_FUZZ_EXAMPLES, default 10000)"
 
 install:
@@ -119,7 +130,7 @@ chaos:
 	@$(PY) -m racelab.nemesis --runtime docker --faults "$(FAULTS)" --duration $(DURATION) \
 		--log results/compose/faults-$$(date +%Y%m%d-%H%M%S).jsonl
 
-report bench:
+report bench matrix:
 	@echo "make $@ reads the native lab's results; run it with RUNTIME=native"; exit 2
 
 else
@@ -165,6 +176,14 @@ report:
 bench:
 	@$(PY) -m racelab.bench
 
+# make soak: SOAK_RATE events/s per running variant for SOAK_DURATION; memory (PSS) of every
+# process and latency percentiles sampled; exit 1 on memory growth or wrong guarded counts
+soak:
+	@$(PY) -m racelab.bench.soak --rate $(SOAK_RATE) --duration $(SOAK_DURATION)
+
+matrix:
+	@$(PY) -m racelab.clients.matrix
+
 fuzz:
 	@scripts/install.sh
 	RACELAB_FUZZ_EXAMPLES=$${RACELAB_FUZZ_EXAMPLES:-10000} $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
@@ -177,6 +196,12 @@ compose-files:
 test:
 	@scripts/install.sh --test
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# the slow tests of variant "agent": build the examples' agent virtualenv (agentex-sdk, Python >= 3.12)
+# and run each example under AGENT= on a native lab of their own
+test-agent:
+	@scripts/install.sh
+	@RACELAB_AGENT_TESTS=1 $(PY) -m pytest tests/test_agent_examples.py $(PYTEST_ARGS)
 
 clean: down
 	rm -rf "$${RACELAB_STATE_DIR:-/var/tmp/racelab}"

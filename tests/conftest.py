@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from racelab.config import Settings
+from racelab.config import DEFAULT_VARIANTS, Settings
 
 # Ports of the test lab: apart from the defaults, so `make test` works beside `make up`, and below
 # the kernel's ephemeral range (32768-60999). RACELAB_TEST_PORT_BASE moves the whole block (the lab
@@ -31,6 +31,8 @@ TEST_ENV = {
     "RACELAB_TEMPORAL_METRICS_PORT": str(TEST_PORT_BASE + 5),
     "RACELAB_PROMETHEUS_PORT": str(TEST_PORT_BASE + 6),
     "RACELAB_POD_BASE_PORT": str(TEST_PORT_BASE + 100),
+    # every variant, for the race zoo's tests (tests/test_zoo.py); `make test VARIANTS=...` narrows it
+    "RACELAB_VARIANTS": os.environ.get("RACELAB_VARIANTS") or "all",
 }
 
 
@@ -81,7 +83,9 @@ def load_run(lab, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     env = dict(os.environ, RACELAB_RESULTS_DIR=str(results))
     done = subprocess.run([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
-                           "--duration", "12s", "--dup-rate", "0.1"], env=env, capture_output=True, text=True,
+                           "--duration", "12s", "--dup-rate", "0.1",
+                           # the design card's three: the zoo's series exist at 0 all the same
+                           *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = (results / "latest").resolve()

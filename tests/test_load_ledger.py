@@ -167,3 +167,19 @@ async def test_locust_workers_keep_one_ledger_each_and_never_share_a_task(lab, t
     c = results["locked"]
     assert quiescent and c.acked == len({e.event_id for e in entries}) == c.accepted > 0, c
     assert (c.broken_acks, c.lost, c.duplicate_applications, c.counter_drift) == (0, 0, 0, 0), c
+
+
+def test_recovery_after_the_last_fault(tmp_path):
+    from racelab.checker.counts import VariantCounts
+    from racelab.clients.load import recovery_after_faults
+    log = tmp_path / "faults.jsonl"
+    assert recovery_after_faults(log, {}) is None  # no faults in the run
+    log.write_text('{"kind": "kill-redis", "target": "redis", "at": 100.0, "back_at": 101.0}\n'
+                   '{"kind": "kill-pod", "target": "pod-locked-1", "at": 110.0, "back_at": 113.0}\n')
+    done_late = VariantCounts("locked", accepted=5, applied=5, last_applied_at=118.5)
+    done_early = VariantCounts("temporal", accepted=5, applied=5, last_applied_at=112.0)
+    lossy = VariantCounts("unguarded", accepted=5, applied=2, lost=3, last_applied_at=119.0)
+    got = recovery_after_faults(log, {"locked": done_late, "temporal": done_early, "unguarded": lossy})
+    assert got == {"locked": 5.5, "temporal": 0.0, "unguarded": None}
+    log.write_text('{"kind": "kill-postgres", "target": "postgres", "at": 100.0, "back_at": null}\n')
+    assert recovery_after_faults(log, {"locked": done_late}) == {"locked": None}

@@ -16,6 +16,10 @@ ALL_VARIANTS = ("unguarded", "locked", "temporal",  # the design card's three
                 "temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock",  # the race zoo
                 "sequential", "queue", "optimistic")
 DEFAULT_VARIANTS = ALL_VARIANTS[:3]  # what `make up` starts without VARIANTS / RACELAB_VARIANTS
+# A user's own agentex-sdk agent (`make up AGENT=<path>`, RACELAB_AGENT): a variant apart from the
+# lab's own, never in ALL_VARIANTS (so no port of theirs moves), running after them when set.
+AGENT_VARIANT = "agent"
+AGENT_PATH_FILE = "agent.path"  # in the state dir while a lab runs with AGENT=
 TASK_QUEUE = "racelab-tasks"
 WORKFLOW_NAME = "racelab-task"
 NAIVE_WORKFLOW_NAME = "racelab-task-naive"  # temporal-naive: the seed's tutorial workflow
@@ -41,6 +45,9 @@ def parse_variants(raw: str | None) -> tuple[str, ...]:
     if raw.strip() == "all":
         return ALL_VARIANTS
     names = {n.strip() for n in raw.split(",") if n.strip()}
+    if AGENT_VARIANT in names:  # "agent" alone, or beside others: Settings adds it when AGENT= is set
+        rest = ",".join(sorted(names - {AGENT_VARIANT}))
+        return (parse_variants(rest) if rest else ()) + (AGENT_VARIANT,)
     unknown = sorted(names - set(ALL_VARIANTS))
     if unknown:
         raise SystemExit(f"RACELAB_VARIANTS={raw!r}: unknown variant(s) {', '.join(unknown)}; "
@@ -80,11 +87,12 @@ class Settings:
     lock_wait_s: float = 60.0
     batch_limit: int = 50
     sweep_interval_s: float = 2.0
-    skip_commit_delay_ms: float = 50.0
+    skip_commit_delay_ms: float = 150.0
     pg_dsn_override: str = ""
     redis_url_override: str = ""
     temporal_address_override: str = ""
     gateway_url_override: str = ""
+    agent_path: str = ""  # RACELAB_AGENT (make up AGENT=<path>): the user's agent project, variant "agent"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -109,13 +117,24 @@ class Settings:
             lock_wait_s=_float("RACELAB_LOCK_WAIT_S", 60.0),
             batch_limit=_int("RACELAB_BATCH_LIMIT", 50),
             sweep_interval_s=_float("RACELAB_SWEEP_INTERVAL_S", 2.0),
-            skip_commit_delay_ms=_float("RACELAB_SKIP_COMMIT_DELAY_MS", 50.0),
+            skip_commit_delay_ms=_float("RACELAB_SKIP_COMMIT_DELAY_MS", 150.0),
             pg_dsn_override=os.environ.get("RACELAB_PG_DSN", ""),
             redis_url_override=os.environ.get("RACELAB_REDIS_URL", ""),
             temporal_address_override=os.environ.get("RACELAB_TEMPORAL_ADDRESS", ""),
             gateway_url_override=os.environ.get("RACELAB_GATEWAY_URL", ""),
-        )
+        )._with_agent(os.environ.get("RACELAB_AGENT", ""))
 
+    def _with_agent(self, path: str) -> "Settings":
+        """With RACELAB_AGENT set, variant "agent" runs after the others (without it, not at all).
+        A lab started with AGENT= is found again without it: `lab up` notes the path in the state
+        dir (AGENT_PATH_FILE) and `lab down` removes it."""
+        from dataclasses import replace
+        variants = tuple(v for v in self.variants if v != AGENT_VARIANT)
+        if not path and (self.state_dir / AGENT_PATH_FILE).is_file():
+            path = (self.state_dir / AGENT_PATH_FILE).read_text().strip()
+        if not path:
+            return replace(self, variants=variants)
+        return replace(self, agent_path=str(Path(path).resolve()), variants=variants + (AGENT_VARIANT,))
     # Connection strings: derived from the ports natively, overridable (compose sets them).
     @property
     def pg_dsn(self) -> str:
@@ -139,8 +158,20 @@ class Settings:
 
     def pod_port(self, variant: str, replica: int) -> int:
         """Ports of the pods: base + 10 × index in ALL_VARIANTS + replica (1-based), whether the
-        variant runs or not, so selecting variants never moves a port."""
+        variant runs or not, so selecting variants never moves a port. Variant "agent"'s pods are
+        the Agentex-compatible API in front of the user's agent (racelab.agentex)."""
+        if variant == AGENT_VARIANT:
+            return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 3) + replica
         return self.pod_base_port + 10 * ALL_VARIANTS.index(variant) + replica
+
+    def agent_port(self, replica: int) -> int:
+        """The user's agent replicas (its FastACP app, `uvicorn project.acp:acp`)."""
+        return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 4) + replica
+
+    @property
+    def modelstub_port(self) -> int:
+        """The OpenAI-compatible model stub (racelab.modelstub) the user's agent calls."""
+        return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 5) + 1
 
     def worker_port(self, replica: int) -> int:
         """Health/metrics port of a Temporal worker process."""
@@ -154,6 +185,11 @@ class Settings:
     def queue_worker_port(self, replica: int) -> int:
         """Health/metrics port of a queue worker (the queue variant's consumers)."""
         return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 2) + replica
+
+    def bare_pod_port(self, replica: int) -> int:
+        """The benchmark's bare pods (racelab.bench.bare_pod: ack after one INSERT), behind the
+        gateway's /bare/; make bench starts and stops them."""
+        return self.pod_base_port + 10 * (len(ALL_VARIANTS) + 8) + replica
 
     @property
     def prometheus_url(self) -> str:

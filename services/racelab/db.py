@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS task_states (
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (variant, task_id, agent_id)
 );
+-- the incremental checker finds the states written since its last refresh by this
+CREATE INDEX IF NOT EXISTS task_states_by_update ON task_states (updated_at);
 -- Agent task trackers: the cursor of the locked variant, and the fencing token of the last
 -- lock holder that wrote (a holder whose Redis lock expired cannot write after a newer one).
 CREATE TABLE IF NOT EXISTS trackers (
@@ -129,8 +131,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+# A PostgreSQL that hangs (paused, overloaded) must give a pod a timeout it can answer 503 for,
+# not a request that waits for nginx's proxy timeout.
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 20.0
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+                                     timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S)
 
 
 async def ensure_database(admin_dsn: str, dsn: str) -> None:

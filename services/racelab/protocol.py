@@ -2,7 +2,9 @@
 
 Accepts the full Agentex shapes (extra fields are ignored) and requires only what processing
 needs: agent.id, task.id, event.id, event.content. Every rejection is an RpcError carrying the
-standard JSON-RPC code and the HTTP status the pod answers with.
+standard JSON-RPC code and the HTTP status the pod answers with. Every request is checked once,
+whole, before anything reads it (validate_document): strictly UTF-8, nesting, NULs, surrogates,
+duplicate keys, numbers, so no variant can pass a store a value it would refuse with a 5xx.
 """
 from __future__ import annotations
 

@@ -1,13 +1,19 @@
 """`python -m racelab.bench` (make bench): one run, one machine, one table of ratios.
 
-Against the running lab (make up):
-1. ingest throughput per variant through the gateway, next to a bare aiohttp pod doing one
-   INSERT per request (same client, same concurrency): the ratio is the figure that matters;
-2. apply latency p50/p99 of that run next to the model latency;
-3. the time for `locked` (and `temporal`) to apply a K-event burst to one task, next to
-   K × model latency (batching should beat serial);
-4. `make up` time, measured on a second lab started on other ports and stopped again;
-5. the memory (PSS) of the whole lab, by component.
+Against the running lab (make up), in one run:
+1. ingest (acked events/s) and apply throughput (events/s from the first send until the log is
+   drained) of every running variant, next to `bare`: the same path (nginx, as many pods as a
+   variant has, the same client and concurrency) to pods that ack after one durable INSERT and
+   process nothing (racelab.bench.bare_pod, started here, behind the gateway's /bare/);
+2. the Temporal dev server's own limits (racelab.bench.temporal_limit), the temporal variant as
+   a ratio to them;
+3. the time until a 30-event burst to one task is applied (locked, temporal), next to 30 × the
+   model latency;
+4. the incremental checker: one refresh with 10k, 100k and 1M events in the log, its counts
+   against a full recount (racelab.bench.checker_scale);
+5. the memory (PSS) of the whole lab, by component; 6. `make up` time of a second, fresh lab on
+   ports from 21000 (below the ephemeral range, apart from the default and test labs).
+Writes results/bench-<time>/bench.json and bench.md; results/bench-latest points at it.
 Machines here are noisy: compare figures within one run, not across runs.
 """
 from __future__ import annotations
@@ -18,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +39,8 @@ from ..config import ALL_VARIANTS, Settings
 from ..clients.burst import run_burst
 from ..clients.load import lab_is_up, results_root
 from ..lab.native import lab_processes
+from ..lab.topology import find_binary, nginx_conf, paths
+from . import checker_scale, temporal_limit
 
 # the second lab's ports: apart from the default and test labs, below the ephemeral range
 SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "21000", "RACELAB_PG_PORT": "21001", "RACELAB_REDIS_PORT": "21002",
@@ -44,12 +51,6 @@ SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "21000", "RACELAB_PG_PORT": "21001",
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def ingest(base: str, name: str, prefix: str, tasks: int, events: int, concurrency: int) -> tuple[float, int]:
@@ -133,84 +134,160 @@ def memory_by_component(settings: Settings) -> dict[str, float]:
     return out
 
 
+def start_bare_pods(settings: Settings) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "racelab.bench.bare_pod", "--port", str(settings.bare_pod_port(r))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            for r in range(1, settings.replicas + 1)]
+
+
+async def ensure_bare_route(settings: Settings) -> None:
+    """The gateway's /bare/ (topology.nginx_conf); a lab started before it existed gets its nginx
+    configuration rewritten and reloaded."""
+    try:
+        await wait_healthy(f"{settings.gateway_url}/bare/healthz", timeout_s=3)
+        return
+    except RuntimeError:
+        pass
+    conf = paths(settings)["nginx"] / "nginx.conf"
+    say("  the gateway has no /bare/ route yet: rewriting its configuration and reloading nginx")
+    conf.write_text(nginx_conf(settings))
+    subprocess.run([find_binary("nginx", "/usr/sbin/nginx"), "-p", str(conf.parent), "-c", str(conf), "-s", "reload"],
+                   check=True, capture_output=True)
+    await wait_healthy(f"{settings.gateway_url}/bare/healthz", timeout_s=10)
+
+
+async def drain(settings: Settings, prefix: str, t0: float) -> tuple[float, object]:
+    """Wait until the events of prefix are applied (or nothing changes); events/s from t0 (epoch)
+    until the last one was applied."""
+    results, _ = await wait_for_quiescence(settings.pg_dsn, prefix, settle_s=3.0, timeout_s=600)
+    counts = next(iter(results[v] for v in results if results[v].accepted), None)
+    if counts is None or counts.last_applied_at is None:
+        return 0.0, counts
+    return counts.accepted / max(1e-3, counts.last_applied_at - t0), counts
+
+
 async def measure(settings: Settings, args) -> dict:
     stamp = time.strftime("%H%M%S")
-    out: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, "
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, "
                  f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                  f"{platform.platform()}, Python {platform.python_version()}",
+                 "load_average": os.getloadavg(),
                  "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
-                 "ingest": {}, "apply_latency_ms": {}, "burst": {}}
+                 "workload": {"tasks": args.tasks, "events": args.events, "concurrency": args.concurrency,
+                              "pods_per_target": settings.replicas},
+                 "ingest_eps": {}, "apply_eps": {}, "apply_latency_ms": {}, "burst30_s": {}}
 
-    say(f"bench 1/5: ingest, {args.tasks} tasks x {args.events} events, concurrency {args.concurrency}")
-    port = free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "racelab.bench.bare_pod", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    say(f"bench 1/6: ingest and apply, {args.tasks} tasks x {args.events} events per target, "
+        f"concurrency {args.concurrency}, through the gateway to {settings.replicas} pods each")
+    bare = start_bare_pods(settings)
     try:
-        await wait_healthy(f"http://127.0.0.1:{port}/healthz")
-        rate, n = await ingest(f"http://127.0.0.1:{port}", "bare", f"bench-{stamp}-bare-", args.tasks, args.events,
+        for r in range(1, settings.replicas + 1):
+            await wait_healthy(f"http://{settings.host}:{settings.bare_pod_port(r)}/healthz")
+        await ensure_bare_route(settings)
+        rate, n = await ingest(settings.gateway_url, "bare", f"bench-{stamp}-bare-", args.tasks, args.events,
                                args.concurrency)
-        out["ingest"]["bare pod (1 process, direct)"] = rate
-        say(f"  bare pod: {rate:.0f} events/s ({n})")
+        out["ingest_eps"]["bare"] = out["apply_eps"]["bare"] = rate  # nothing to apply
+        say(f"  bare: {rate:.0f} events/s ({n})")
     finally:
-        bare.terminate()
-        bare.wait()
+        for p in bare:
+            p.terminate()
+        for p in bare:
+            p.wait()
     for variant in args.variants:
         prefix = f"bench-{stamp}-ingest-{variant}-"
+        t0 = time.time()
         rate, n = await ingest(settings.gateway_url, variant, prefix, args.tasks, args.events, args.concurrency)
-        out["ingest"][f"{variant} (3 pods via nginx)"] = rate
-        say(f"  {variant}: {rate:.0f} events/s ({n}); waiting for it to be applied")
-        results, _ = await wait_for_quiescence(settings.pg_dsn, prefix)
-        c = results[variant]
+        out["ingest_eps"][variant] = rate
+        say(f"  {variant}: ingest {rate:.0f} events/s ({n}); waiting for the log to be drained")
+        apply_rate, c = await drain(settings, prefix, t0)
+        out["apply_eps"][variant] = apply_rate
         out["apply_latency_ms"][variant] = {"p50": c.apply_latency_p50_ms, "p99": c.apply_latency_p99_ms,
-                                            "lost": c.lost}
+                                            "lost": c.lost} if c else {}
+        say(f"  {variant}: apply {apply_rate:.0f} events/s")
 
-    say(f"bench 2/5: {args.k}-event bursts to one task, {args.repeat} times each")
-    for variant in ("locked", "temporal"):
+    if "temporal" in args.variants:
+        say("bench 2/6: the Temporal dev server's own limits (plain client, no-op workflow and activities)")
+        out["temporal_limits"] = await temporal_limit.measure(settings.temporal_address, concurrency=48)
+        say("  " + ", ".join(f"{k} {v:.0f}" for k, v in out["temporal_limits"].items()))
+
+    say(f"bench 3/6: {args.k}-event bursts to one task, {args.repeat} times each")
+    for variant in [v for v in ("locked", "temporal") if v in args.variants]:
         times = [await burst_finish_time(settings, variant, args.k, f"bench-{stamp}-k{i}-") for i in range(args.repeat)]
-        out["burst"][variant] = statistics.median(times)
-        say(f"  {variant}: median {out['burst'][variant]:.2f} s")
-    out["burst"]["serial bound (K x model latency)"] = args.k * settings.model_latency_ms / 1000.0
+        out["burst30_s"][variant] = statistics.median(times)
+        say(f"  {variant}: median {out['burst30_s'][variant]:.2f} s")
+    out["serial_bound_s"] = args.k * settings.model_latency_ms / 1000.0
 
-    say("bench 3/5: memory of the running lab (PSS)")
-    out["memory_mib"] = memory_by_component(settings)
+    if args.checker_sizes:
+        say("bench 4/6: the incremental checker at scale (scratch database in the lab's PostgreSQL)")
+        scale = await checker_scale.measure(settings.pg_admin_dsn, tuple(args.checker_sizes), say)
+        out["checker_refresh_ms"] = scale.pop("refresh_ms")
+        out["checker"] = scale
 
-    say("bench 4/5: make up time (a second, fresh lab on other ports)")
-    out["make_up_s"] = [make_up_time() for _ in range(args.up_repeat)]
-    say("bench 5/5: done")
+    say("bench 5/6: memory of the running lab (PSS)")
+    out["pss_mib"] = memory_by_component(settings)
+    out["pss_mib"]["total"] = sum(out["pss_mib"].values())
+
+    if args.up_repeat:
+        say("bench 6/6: make up time (a second, fresh lab on ports from 21000)")
+        out["up_s"] = statistics.median([make_up_time() for _ in range(args.up_repeat)])
+    say("bench: done")
     return out
 
 
 def table(r: dict) -> str:
-    bare = r["ingest"]["bare pod (1 process, direct)"]
-    lines = [f"racelab bench, {r['date']}, {r['machine']}", "",
-             "| ingest (acked events/s) | events/s | vs bare pod |", "|---|---|---|"]
-    for name, rate in r["ingest"].items():
-        lines.append(f"| {name} | {rate:.0f} | {rate / bare:.2f} |")
-    lines += ["", f"| apply latency (model {r['model_latency_ms']:.0f} ± {r['model_jitter_ms']:.0f} ms) "
-              "| p50 ms | p99 ms | p50 / model latency |", "|---|---|---|---|"]
-    for variant, a in r["apply_latency_ms"].items():
-        p50 = a["p50"] or 0.0
-        lines.append(f"| {variant} | {p50:.0f} | {(a['p99'] or 0):.0f} | {p50 / r['model_latency_ms']:.1f} |")
-    serial = r["burst"]["serial bound (K x model latency)"]
-    lines += ["", "| K-event burst to one task, until all applied | seconds | vs K x model latency |", "|---|---|---|"]
-    for name, seconds in r["burst"].items():
+    bare = r["ingest_eps"]["bare"]
+    w = r["workload"]
+    lines = [f"racelab bench, {r['date']}, {r['machine']}, load average {r['load_average'][0]:.1f}", "",
+             f"{w['tasks']} tasks x {w['events']} events per target, {w['concurrency']} in flight, through nginx to "
+             f"{w['pods_per_target']} pods each; apply = events / seconds from the first send until the last applied",
+             "", "| target | ingest events/s | vs bare | apply events/s | vs bare | apply p50 / p99 ms |",
+             "|---|---|---|---|---|---|"]
+    for name, rate in r["ingest_eps"].items():
+        a = r["apply_eps"].get(name, 0.0)
+        lat = r["apply_latency_ms"].get(name) or {}
+        lat_s = f"{lat['p50']:.0f} / {lat['p99']:.0f}" if lat.get("p50") is not None else "-"
+        lines.append(f"| {name} | {rate:.0f} | {rate / bare:.2f} | {a:.0f} | {a / bare:.2f} | {lat_s} |")
+    if "locked" in r["ingest_eps"] and "temporal" in r["ingest_eps"]:
+        lines.append(f"\ntemporal ingest vs locked: {r['ingest_eps']['temporal'] / r['ingest_eps']['locked']:.2f}")
+    if "temporal_limits" in r:
+        t = r["temporal_limits"]
+        lines += ["", "| Temporal dev server alone | per s | temporal variant vs it |", "|---|---|---|",
+                  f"| signal-with-start, plain client ({t['signal_concurrency']} in flight) | "
+                  f"{t['signal_with_start_per_s']:.0f} | ingest {r['ingest_eps'].get('temporal', 0) / t['signal_with_start_per_s']:.2f} |",
+                  f"| no-op activities, {t['appliers']} workflows back to back | {t['activities_per_s']:.0f} | "
+                  f"apply {r['apply_eps'].get('temporal', 0) / t['activities_per_s']:.2f} (events/s vs activities/s; "
+                  f"one activity applies a batch) |",
+                  f"| one activity round trip | {t['activity_round_trip_ms']:.0f} ms | |"]
+    serial = r["serial_bound_s"]
+    lines += ["", "| 30-event burst to one task, until applied (median) | seconds | vs 30 x model latency |",
+              "|---|---|---|"]
+    for name, seconds in r["burst30_s"].items():
         lines.append(f"| {name} | {seconds:.2f} | {seconds / serial:.2f} |")
-    total = sum(r["memory_mib"].values())
+    if "checker_refresh_ms" in r:
+        c = r["checker"]
+        lines += ["", "| events in the log | one checker refresh ms | full load of a fresh counter s |", "|---|---|---|"]
+        lines += [f"| {int(n):,} | {ms:.0f} | {c['full_load_s'][n]:.1f} |" for n, ms in r["checker_refresh_ms"].items()]
+        lines.append(f"\nfull recount (counts.compute) at {c['events']:,} events: {c['full_recount_s']:.1f} s, "
+                     f"equal counts: {c['equal_to_full_recount']}; make verify's wait: {c['verify_s']:.1f} s")
+    total = r["pss_mib"]["total"]
     lines += ["", "| memory (PSS) | MiB |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in sorted(r["memory_mib"].items(), key=lambda kv: -kv[1])]
-    lines += [f"| **whole lab** | **{total:.0f}** |", "",
-              "make up (fresh state dir, initdb included): " + ", ".join(f"{s:.1f} s" for s in r["make_up_s"])]
+    lines += [f"| {k} | {v:.0f} |" for k, v in sorted(r["pss_mib"].items(), key=lambda kv: -kv[1]) if k != "total"]
+    lines += [f"| **whole lab** | **{total:.0f}** |"]
+    if "up_s" in r:
+        lines += ["", f"make up of a fresh second lab (initdb included): {r['up_s']:.1f} s"]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="racelab benchmark (against the running lab)")
-    parser.add_argument("--tasks", type=int, default=40)
+    parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--events", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--k", type=int, default=30, help="events in the one-task burst")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--up-repeat", type=int, default=2)
+    parser.add_argument("--up-repeat", type=int, default=1, help="0 to skip the second lab")
+    parser.add_argument("--checker-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
+                        help="events in the log for the checker's refresh time (none to skip)")
     parser.add_argument("--variant", action="append", choices=ALL_VARIANTS)
     args = parser.parse_args()
     args.variants = tuple(args.variant or Settings.from_env().variants)
@@ -224,8 +301,12 @@ def main() -> None:
     out_dir.mkdir(parents=True)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(text + "\n")
+    latest = results_root() / "bench-latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(out_dir.name)
     print(text)
-    print(f"\nsaved in {out_dir}")
+    print(f"\nsaved in {out_dir} (results/bench-latest)")
 
 
 if __name__ == "__main__":

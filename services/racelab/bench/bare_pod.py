@@ -1,4 +1,5 @@
-"""The baseline of the ingest benchmark: a bare aiohttp pod doing one INSERT per request.
+"""The baseline of the ingest benchmark: a bare aiohttp pod doing one INSERT per request (make
+bench runs as many as a variant has pods, behind the gateway's /bare/).
 
 No validation beyond json.loads, no variant, no task row: the least a pod that records an event
 can do. `python -m racelab.bench.bare_pod --port N`
@@ -30,7 +31,8 @@ def make_app(dsn: str) -> web.Application:
         return web.json_response({"jsonrpc": "2.0", "id": doc.get("id"), "result": {"status": "processing"}})
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/bare/api", api)  # the path the benchmark client uses for every target
+    app.router.add_post("/api", api)  # behind the gateway: /bare/api with the prefix stripped
+    app.router.add_post("/bare/api", api)  # hit directly
     app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
     return app
 

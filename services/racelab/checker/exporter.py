@@ -1,6 +1,7 @@
 """`python -m racelab.checker.exporter --port N`: the checker as a Prometheus exporter.
 
-Recomputes LAB.md's counts from the event log and final states every few seconds (no waiting
+Recounts LAB.md's counts from the event log and final states every few seconds, incrementally
+(only the tasks whose rows changed since the last refresh, racelab.checker.incremental) (no waiting
 for quiescence: the point is to watch lost updates climb during load) and exports them as
 gauges per variant. GET /metrics, GET /healthz.
 """
@@ -16,8 +17,7 @@ from prometheus_client import Gauge
 from .. import db
 from ..metrics import serve_health_and_metrics
 from ..config import Settings
-from .counts import compute
-from .read import snapshot
+from .incremental import IncrementalCounts
 
 log = logging.getLogger("racelab.checker.exporter")
 
@@ -78,28 +78,27 @@ async def export_faults(conn) -> None:
 
 
 async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None:
+    # counted incrementally (racelab.checker.incremental): a refresh reads only what changed
+    counter = IncrementalCounts(variants=VARIANTS, latencies=False)
     while True:
         started = time.perf_counter()
         try:
             async with db.connection(dsn) as conn:
-                logged, states, effects = await snapshot(conn)
+                await counter.refresh(conn)
                 run = await newest_run(conn)
                 await export_faults(conn)
             now = time.time()
-            results = compute(logged, states, effects, variants=VARIANTS, now=now, grace_s=grace_s)
+            results = counter.results(now=now, grace_s=grace_s)
             for variant, counts in results.items():
                 for key, gauge in GAUGES.items():
                     gauge.labels(variant).set(getattr(counts, key))
             if run is not None:
-                prefix, started = run
-                in_run = compute([e for e in logged if e.task_id.startswith(prefix)],
-                                 [s for s in states if s.task_id.startswith(prefix)],
-                                 [f for f in effects if f.task_id.startswith(prefix)],
-                                 variants=VARIANTS, now=now, grace_s=grace_s)
+                prefix, run_started = run
+                in_run = counter.results(now=now, grace_s=grace_s, prefix=prefix)
                 for variant, counts in in_run.items():
                     for key, gauge in RUN_GAUGES.items():
                         gauge.labels(variant).set(getattr(counts, key))
-                RUN_STARTED.set(started)
+                RUN_STARTED.set(run_started)
             LAST_RUN.set(time.time())
             RUN_SECONDS.set(time.perf_counter() - started)
         except Exception:

@@ -6,8 +6,8 @@ import time
 
 from .. import db
 from ..config import Settings
-from .counts import VariantCounts, compute
-from .read import snapshot
+from .counts import VariantCounts
+from .incremental import IncrementalCounts
 
 GUARDED = ("locked", "temporal")
 
@@ -24,9 +24,11 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
         ledger = [e for e in ledger if e.task_id.startswith(task_prefix)]
     deadline = time.monotonic() + timeout_s
     last_key, stable_since, last_report = None, time.monotonic(), 0.0
+    counter = IncrementalCounts(task_prefix, variants=Settings.from_env().variants, ledger=ledger)
     async with db.connection(dsn) as conn:
-        while True:
-            results = compute(*await snapshot(conn, task_prefix), variants=Settings.from_env().variants, ledger=ledger)
+        while True:  # each poll reads only what changed (incremental.py); compute() is its reference
+            await counter.refresh(conn)
+            results = counter.results()
             key = tuple(tuple(c.as_dict().values()) for c in results.values())
             now = time.monotonic()
             if key != last_key:

@@ -31,6 +31,7 @@ from ..checker.counts import table
 from ..checker.ledger import read_ledger
 from ..config import ALL_VARIANTS, Settings
 from ..lab.topology import venv_binary
+from .burst import register_run
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -133,6 +134,26 @@ def stop_nemesis(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
     return proc.returncode
 
 
+def recovery_after_faults(faults_log: Path, results: dict) -> dict | None:
+    """Per variant: seconds from the last fault's component being back until every acked event
+    was applied (0 if all were applied before); None for a variant that lost events or a fault
+    whose component never came back. None overall when the run had no faults."""
+    if not faults_log.exists():
+        return None
+    faults = [json.loads(line) for line in faults_log.read_text().splitlines() if line.strip()]
+    if not faults:
+        return None
+    backs = [f.get("back_at") for f in faults]
+    back = None if None in backs else max(backs)
+    out = {}
+    for variant, c in results.items():
+        if back is None or c.lost or c.broken_acks:
+            out[variant] = None
+        else:
+            out[variant] = round(max(0.0, (c.last_applied_at or back) - back), 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Locust rapid-message load, then the checker's counts")
     parser.add_argument("--users", type=int, default=30)
@@ -168,6 +189,10 @@ def main() -> None:
     prefix = f"load-{stamp}-{uuid.uuid4().hex[:4]}-"
     run_dir = results_root() / prefix.rstrip("-")
     run_dir.mkdir(parents=True)
+    try:  # the exporter's run-scoped gauges (and so the dashboards' "this run" row) follow the newest run
+        asyncio.run(register_run(settings.pg_dsn, prefix, "load"))
+    except OSError as exc:
+        print(f"load: could not register the run in the lab ({exc}); its dashboards show the lab's totals only")
     latest = results_root() / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
@@ -202,6 +227,12 @@ def main() -> None:
         {"quiescent": quiescent, "ok": not problems, "variants": {v: c.as_dict() for v, c in shown.items()}},
         indent=2) + "\n")
     print(table(shown))
+    recovery = recovery_after_faults(run_dir / "faults.jsonl", shown)
+    if recovery is not None:
+        run["recovery_s"] = recovery
+        (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        print("recovery (last fault's component back -> every acked event applied): " + ", ".join(
+            f"{v} {'never' if r is None else f'{r:.1f} s'}" for v, r in recovery.items()))
     print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing, "
           "applied nothing twice, no broken ack, no counter drift")
     print(f"results: {run_dir}  (make report writes report.html there)")

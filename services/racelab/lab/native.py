@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import db
-from ..config import Settings
+from ..config import AGENT_PATH_FILE, Settings
 from . import console
 from .topology import STAGES, Instance, Service, nginx_conf, paths, prometheus_conf, services, venv_binary
 
@@ -218,7 +218,16 @@ def urls(settings: Settings) -> list[str]:
             f"checker        http://{settings.host}:{settings.checker_port}/metrics   (counts as gauges)",
             f"postgres       {settings.pg_dsn}",
             f"redis          {settings.redis_url}",
-            f"logs           {paths(settings)['logs']}/<component>.log"]
+            f"logs           {paths(settings)['logs']}/<component>.log"] + agent_urls(settings)
+
+
+def agent_urls(settings: Settings) -> list[str]:
+    """Variant "agent" (make up AGENT=...): the Agentex-compatible API and the model stub."""
+    if not settings.agent_path:
+        return []
+    from ..agentex.lab import api_url, model_url
+    return [f"agentex API    {api_url(settings)}   (AGENTEX_BASE_URL for your own scripts; agent {settings.agent_path})",
+            f"model stub     {model_url(settings)}   (OpenAI-compatible; the agent's OPENAI_BASE_URL)"]
 
 
 def up(settings: Settings) -> int:
@@ -231,6 +240,14 @@ def up(settings: Settings) -> int:
     run_as = postgres_user()
     svcs = services(settings, run_as)
     check_ports_free(settings, svcs)
+    if settings.agent_path:  # the user's agent: its own virtualenv, built only now (make up AGENT=...)
+        from ..agentex.env import AgentEnvError, ensure
+        try:
+            ensure(settings.agent_path, say=say)
+        except AgentEnvError as exc:
+            raise LabError(str(exc)) from None
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        (settings.state_dir / AGENT_PATH_FILE).write_text(settings.agent_path + "\n")
     p = paths(settings)
     for key in ("logs", "redis", "temporal", "supervisor", "nginx", "prometheus"):
         p[key].mkdir(parents=True, exist_ok=True)
@@ -310,6 +327,7 @@ def lab_processes(settings: Settings) -> list[int]:
 def down(settings: Settings, quiet: bool = False) -> int:
     pid = supervisord_pid(settings)
     if pid is None and not lab_processes(settings):
+        (settings.state_dir / AGENT_PATH_FILE).unlink(missing_ok=True)
         if not quiet:
             say(f"racelab is not running (state dir {settings.state_dir}).")
         return 0
@@ -341,6 +359,7 @@ def down(settings: Settings, quiet: bool = False) -> int:
     left = lab_processes(settings)
     if left:
         raise LabError(f"processes of the lab still running after SIGKILL: {left}")
+    (settings.state_dir / AGENT_PATH_FILE).unlink(missing_ok=True)  # a later `up` without AGENT= runs none
     say("racelab: stopped; no process of the lab is running.")
     return 0
 

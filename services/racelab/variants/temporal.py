@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
@@ -31,8 +30,6 @@ RELAY_CONCURRENCY = 16     # signals in flight per relay: more only queues up in
 RELAY_IDLE_S = 1.0         # a relay looks at the outbox at least this often (rows of dead pods)
 RELAY_BACKOFF_MAX_S = 2.0  # while Temporal or PostgreSQL is down
 RELAY_SIGNAL_TIMEOUT_S = 10.0  # a relay pass gives up on a Temporal that does not answer
-# Workflow task timeout: how soon a workflow task on a killed worker is handed to another one.
-WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 def workflow_input(variant: str, ref: TaskRef) -> dict:
@@ -95,10 +92,17 @@ class TemporalVariant(Variant):
                    ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""", self.name, RELAY_BATCH)
             if not rows:
                 return 0
+            # one signal per task for all of its claimed rows (a burst to a task costs one
+            # signal-with-start, not one per event), in outbox order
+            by_task: dict[str, list] = {}
+            for r in rows:
+                by_task.setdefault(r["task_id"], []).append(r)
+            groups = list(by_task.values())
             results = await asyncio.gather(
-                *(self.signal(r["payload"]) for r in rows),
+                *(self.signal([r["payload"] for r in group]) for group in groups),
                 return_exceptions=True)
-            done = [r["event_id"] for r, res in zip(rows, results) if not isinstance(res, BaseException)]
+            done = [r["event_id"] for group, res in zip(groups, results) if not isinstance(res, BaseException)
+                    for r in group]
             await conn.execute("DELETE FROM outbox WHERE variant = $1 AND event_id = ANY($2::text[])",
                                self.name, done)
         failed = [res for res in results if isinstance(res, BaseException)]
@@ -106,24 +110,28 @@ class TemporalVariant(Variant):
             raise failed[0]
         return len(rows)
 
-    async def signal(self, payload: dict) -> None:
+    async def signal(self, payloads: list[dict]) -> None:
         async with self._signals:
-            await asyncio.wait_for(self._signal(payload), RELAY_SIGNAL_TIMEOUT_S)
+            await asyncio.wait_for(self._signal(payloads), RELAY_SIGNAL_TIMEOUT_S)
 
-    async def _signal(self, payload: dict) -> None:
-        ref = TaskRef(payload["agent_id"], payload["task_id"], payload.get("task_params") or {})
-        event = {k: payload[k] for k in ("event_id", "task_id", "agent_id", "sequence_id", "content", "accepted_at")}
+    async def _signal(self, payloads: list[dict]) -> None:
+        """signal-with-start `receive_event` with the task's events: one event as Agentex sends
+        it, several as a list (the workflow's handler takes both and dedupes each on its id)."""
+        first = payloads[0]
+        ref = TaskRef(first["agent_id"], first["task_id"], first.get("task_params") or {})
+        now = time.time()
+        events = [{**{k: p[k] for k in ("event_id", "task_id", "agent_id", "sequence_id", "content", "accepted_at")},
+                   "signalled_at": now} for p in payloads]
         await self.client.start_workflow(
             WORKFLOW_NAME, workflow_input(self.name, ref), id=ref.task_id, task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
-            start_signal=SIGNAL_RECEIVE_EVENT, start_signal_args=[{**event, "signalled_at": time.time()}])
-        metrics.RELAYED.labels(self.name).inc()
+            start_signal=SIGNAL_RECEIVE_EVENT, start_signal_args=[events[0] if len(events) == 1 else events])
+        metrics.RELAYED.labels(self.name).inc(len(events))
 
     async def on_task_created(self, ref: TaskRef) -> None:
         await self.client.start_workflow(
             WORKFLOW_NAME, workflow_input(self.name, ref), id=ref.task_id, task_queue=TASK_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, task_timeout=WORKFLOW_TASK_TIMEOUT)
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
 
     async def on_task_cancelled(self, ref: TaskRef) -> None:
         try:

@@ -12,6 +12,7 @@ state in PostgreSQL.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -35,11 +36,13 @@ class TaskWorkflow:
         self._cancelled = False
 
     @workflow.signal(name=SIGNAL_RECEIVE_EVENT)
-    def receive_event(self, event: dict) -> None:
-        # Only enqueue: no await here, so handlers cannot interleave with the run loop.
-        if event["event_id"] not in self._known:
-            self._known.add(event["event_id"])
-            self._pending.append(event)
+    def receive_event(self, event: Any) -> None:
+        # Only enqueue: no await here, so handlers cannot interleave with the run loop. One event
+        # (Agentex's shape) or a list of one task's events (the outbox relay bundles them).
+        for e in event if isinstance(event, list) else (event,):
+            if e["event_id"] not in self._known:
+                self._known.add(e["event_id"])
+                self._pending.append(e)
 
     @workflow.signal(name=SIGNAL_CANCEL)
     def cancel(self) -> None:
@@ -63,7 +66,9 @@ class TaskWorkflow:
             await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled)
             if not self._pending:  # cancelled, and everything received is applied
                 return {"applied": len(applied), "runs": runs}
-            batch, self._pending = self._pending[:BATCH_LIMIT], self._pending[BATCH_LIMIT:]
+            # the lab knob continue_as_new_after counts events exactly: a batch never crosses it
+            limit = min(BATCH_LIMIT, can_after - applied_this_run) if can_after else BATCH_LIMIT
+            batch, self._pending = self._pending[:limit], self._pending[limit:]
             version = await workflow.execute_activity(
                 "apply_events", {**task, "events": batch, "version": version, "workflow_runs": runs},
                 **ACTIVITY_OPTIONS)

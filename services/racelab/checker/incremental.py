@@ -1,0 +1,285 @@
+"""The checker's counts, kept up to date incrementally: a refresh reads only what changed.
+
+counts.compute is the reference: it recounts everything from the event log, the final states
+and the effect rows. This module keeps, per task, the counts compute gives for that task alone
+(computed by compute itself, on that task's rows) and sums them per variant; a refresh finds the
+tasks whose rows changed since the previous refresh and recomputes only those. The inputs are
+the same (event log, states, effects, the clients' ledgers) and nothing else is read.
+
+What changed since the previous refresh, exactly: each refresh runs in one REPEATABLE READ
+snapshot S_j; the rows to look at are the ones not visible in S_{j-1} (`xmin` not visible in
+that snapshot: pg_visible_in_snapshot). A BIGSERIAL can commit out of order, so "seq > the
+largest seq seen" alone would miss an event that got its seq before a later one and committed
+after the refresh; the snapshot test does not. To stay on an index, the scan starts at a lower
+bound on the mark (seq of events, id of effects, updated_at of states) that any row not visible
+in S_{j-1} must have: a writer that was not running at S_{j-1} took its mark after S_{j-2}
+(the mark of S_{j-2}); one that was running at S_{j-1} (in its xip list) took its mark after the
+refresh before the one where it was first seen running. A writer already running at the first
+(full) load has no such bound: the next refresh scans the whole table once for its xids.
+
+Rows are never deleted from these tables by the lab; a table that shrinks (a new lab on the same
+ports) resets the counter to a full load.
+"""
+from __future__ import annotations
+
+import time
+from array import array
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .counts import EffectCount, FinalState, LoggedEvent, VariantCounts, compute, percentile
+
+# summed per variant; lost is kept as "unapplied" and split into pending / lost at results()
+SUMMED = ("tasks", "accepted", "applied", "unapplied", "duplicates", "duplicate_applications",
+          "duplicate_side_effects", "phantoms", "unworked", "counter_drift", "reordered", "acked", "broken_acks")
+KEEP_YOUNG_S = 120.0  # unapplied events younger than this keep their accepted_at (for `pending`)
+
+# table -> (mark column in SQL, mark kind); states use the snapshot's statement time as their mark
+TABLES = {"events": "seq", "effects": "id", "task_states": "updated_at"}
+
+
+@dataclass
+class TaskCounts:
+    values: tuple                     # in SUMMED order
+    young: list[float] = field(default_factory=list)  # accepted_at of recent unapplied events
+    latencies: array | None = None
+    last_applied_at: float | None = None
+
+
+def _like(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class IncrementalCounts:
+    """Counts of LAB.md per variant for the tasks whose id starts with task_prefix.
+
+    refresh(conn) reads what changed (conn: an asyncpg connection with the jsonb codec, e.g.
+    db.connection); results(now, grace_s, prefix) gives compute()'s answer for the same data."""
+
+    def __init__(self, task_prefix: str = "", variants=(), ledger=None, latencies: bool = True):
+        self.task_prefix = task_prefix
+        self.like = _like(task_prefix)
+        self.variants = tuple(variants)
+        self.latencies = latencies
+        self.ledger: dict[tuple, list] | None = None
+        if ledger is not None:
+            self.ledger = defaultdict(list)
+            for entry in ledger:
+                if entry.task_id.startswith(task_prefix):
+                    self.ledger[(entry.variant, entry.task_id, entry.agent_id)].append(entry)
+        self.reset()
+
+    def reset(self) -> None:
+        self.tasks: dict[tuple, TaskCounts] = {}
+        self.totals: dict[str, list[int]] = defaultdict(lambda: [0] * len(SUMMED))
+        self.young_tasks: set[tuple] = set()
+        self._snapshot: str | None = None            # S_{j-1}, as text
+        self._marks: list[dict] = []                 # marks of S_{j-2}, S_{j-1} (oldest first)
+        self._xid_bounds: dict[int, dict | None] = {}  # xid running at S_{j-1} -> lower bound of its marks
+        self._generation = 0
+        self._pct_cache: tuple | None = None
+        self.last_refresh_ms: float | None = None
+        self.last_dirty = 0
+
+    # ------------------------------------------------------------------ refresh
+    async def refresh(self, conn) -> int:
+        """Bring the counts up to date; returns how many tasks were recomputed."""
+        started = time.perf_counter()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(
+                """SELECT pg_current_snapshot()::text AS snap, extract(epoch FROM statement_timestamp())::float8 AS ts,
+                          (SELECT coalesce(max(seq), 0) FROM events) AS events,
+                          (SELECT coalesce(max(id), 0) FROM effects) AS effects""")
+            marks = {"events": row["events"], "effects": row["effects"], "task_states": row["ts"]}
+            snap = row["snap"]
+            if self._marks and (marks["events"] < self._marks[-1]["events"]
+                                or marks["effects"] < self._marks[-1]["effects"]):
+                self.reset()  # the tables shrank: another lab's data; count from scratch
+            if self._snapshot is None:
+                dirty = await self._full_load(conn)
+                bound_for_new: dict | None = None  # writers running at a full load: no bound known
+            else:
+                keys = await self._changed_keys(conn)
+                dirty = len(keys)
+                if keys:
+                    await self._recount(conn, keys)
+                bound_for_new = self._marks[0]
+            xips = _xip(snap)
+            self._xid_bounds = {x: self._xid_bounds.get(x, bound_for_new) for x in xips}
+            self._marks = (self._marks + [marks])[-2:]
+            if len(self._marks) == 1:  # after the full load: S_{j-2} is the full load's too
+                self._marks = [marks, marks]
+            self._snapshot = snap
+        self._prune_young()
+        self.last_refresh_ms = (time.perf_counter() - started) * 1000.0
+        self.last_dirty = dirty
+        return dirty
+
+    async def _changed_keys(self, conn) -> set[tuple]:
+        keys: set[tuple] = set()
+        unknown = any(b is None for b in self._xid_bounds.values())
+        for table, column in TABLES.items():
+            bounds = [self._marks[0][table]] + [b[table] for b in self._xid_bounds.values() if b is not None]
+            low = min(bounds)
+            if table == "task_states":
+                mark_sql = "updated_at > to_timestamp($3)"
+            else:
+                mark_sql = f"{column} > $3"
+            if unknown:  # a writer running since before the full load: look at its rows anywhere
+                xids = [x for x, b in self._xid_bounds.items() if b is None]
+                where = (f"(({mark_sql}) OR (xmin::text::bigint % 4294967296) = ANY($4::bigint[]))")
+                args = (self.like, self._snapshot, low, [x % 4294967296 for x in xids])
+            else:
+                where = mark_sql
+                args = (self.like, self._snapshot, low)
+            rows = await conn.fetch(
+                f"""SELECT DISTINCT variant, task_id, agent_id FROM {table}
+                    WHERE {where} AND task_id LIKE $1
+                      AND NOT pg_visible_in_snapshot(xmin::text::xid8, $2::text::pg_snapshot)""", *args)
+            keys.update((r["variant"], r["task_id"], r["agent_id"]) for r in rows)
+        return keys
+
+    async def _full_load(self, conn) -> int:
+        events = await conn.fetch(
+            """SELECT variant, task_id, agent_id, event_id, sequence_id, extract(epoch FROM accepted_at)::float8 AS t
+               FROM events WHERE task_id LIKE $1""", self.like)
+        states = await conn.fetch(
+            "SELECT variant, task_id, agent_id, state FROM task_states WHERE task_id LIKE $1", self.like)
+        effects = await conn.fetch(
+            """SELECT variant, task_id, agent_id, event_id, count(*) AS n FROM effects WHERE task_id LIKE $1
+               GROUP BY variant, task_id, agent_id, event_id""", self.like)
+        keys = set(self.ledger or ())
+        self._apply(events, states, effects, keys)
+        return len(self.tasks)
+
+    async def _recount(self, conn, keys: set[tuple]) -> None:
+        cols = [list(c) for c in zip(*keys)]
+        join = """JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(v, t, a)
+                  ON x.variant = k.v AND x.task_id = k.t AND x.agent_id = k.a"""
+        events = await conn.fetch(
+            f"""SELECT x.variant, x.task_id, x.agent_id, x.event_id, x.sequence_id,
+                       extract(epoch FROM x.accepted_at)::float8 AS t FROM events x {join}""", *cols)
+        states = await conn.fetch(
+            f"SELECT x.variant, x.task_id, x.agent_id, x.state FROM task_states x {join}", *cols)
+        effects = await conn.fetch(
+            f"""SELECT x.variant, x.task_id, x.agent_id, x.event_id, count(*) AS n FROM effects x {join}
+                GROUP BY x.variant, x.task_id, x.agent_id, x.event_id""", *cols)
+        self._apply(events, states, effects, keys)
+
+    def _apply(self, events, states, effects, keys: set[tuple]) -> None:
+        """Recompute the tasks of keys (and of every row given) with compute(), task by task."""
+        by_task: dict[tuple, tuple[list, list, list]] = defaultdict(lambda: ([], [], []))
+        for r in events:
+            by_task[(r[0], r[1], r[2])][0].append(LoggedEvent(*r))
+        for r in states:
+            by_task[(r[0], r[1], r[2])][1].append(FinalState(*r))
+        for r in effects:
+            by_task[(r[0], r[1], r[2])][2].append(EffectCount(*r))
+        for key in keys:
+            by_task[key]
+        horizon = time.time() - KEEP_YOUNG_S
+        for key, (evs, sts, effs) in by_task.items():
+            ledger = None if self.ledger is None else self.ledger.get(key, [])
+            counts = compute(evs, sts, effs, ledger=ledger)
+            old = self.tasks.pop(key, None)
+            if old is not None:
+                self._add(key[0], old.values, -1)
+            self.young_tasks.discard(key)
+            if not counts:  # nothing left of the task (cannot happen while rows are never deleted)
+                continue
+            c = counts[key[0]]
+            applied_ids = {eid for s in sts for eid in (s.state.get("history") or [])}
+            young = sorted(e.accepted_at for e in evs if e.accepted_at > horizon and e.event_id not in applied_ids)
+            values = (c.tasks, c.accepted, c.applied, c.lost, c.duplicates, c.duplicate_applications,
+                      c.duplicate_side_effects, c.phantoms, c.unworked, c.counter_drift, c.reordered,
+                      c.acked or 0, c.broken_acks or 0)
+            entry = TaskCounts(values, young, array("d", c.latencies_ms) if self.latencies else None,
+                               c.last_applied_at)
+            self.tasks[key] = entry
+            if young:
+                self.young_tasks.add(key)
+            self._add(key[0], values, 1)
+        self._generation += 1
+
+    def _prune_young(self) -> None:
+        horizon = time.time() - KEEP_YOUNG_S
+        for key in list(self.young_tasks):
+            entry = self.tasks[key]
+            if entry.young[0] <= horizon:
+                entry.young = [t for t in entry.young if t > horizon]
+                if not entry.young:
+                    self.young_tasks.discard(key)
+
+    def _add(self, variant: str, values: tuple, sign: int) -> None:
+        totals = self.totals[variant]
+        for i, v in enumerate(values):
+            totals[i] += sign * v
+
+    # ------------------------------------------------------------------ results
+    def results(self, now: float | None = None, grace_s: float = 0.0, prefix: str = "") -> dict[str, VariantCounts]:
+        """compute()'s result for the data of the last refresh: now/grace_s split unapplied events
+        into pending and lost as compute does; prefix narrows to tasks whose id starts with it."""
+        if prefix and not prefix.startswith(self.task_prefix) and not self.task_prefix.startswith(prefix):
+            return {v: VariantCounts(v) for v in self.variants}
+        scoped = bool(prefix) and prefix != self.task_prefix and prefix.startswith(self.task_prefix)
+        if scoped:
+            totals: dict[str, list[int]] = defaultdict(lambda: [0] * len(SUMMED))
+            keys = [k for k in self.tasks if k[1].startswith(prefix)]
+            for key in keys:
+                t = totals[key[0]]
+                for i, v in enumerate(self.tasks[key].values):
+                    t[i] += v
+            young_keys = [k for k in self.young_tasks if k[1].startswith(prefix)]
+        else:
+            totals, keys, young_keys = self.totals, None, self.young_tasks
+        pending: dict[str, int] = defaultdict(int)
+        if now is not None:
+            floor = now - grace_s
+            for key in young_keys:
+                pending[key[0]] += sum(1 for t in self.tasks[key].young if t > floor)
+        out = {v: VariantCounts(v) for v in self.variants}
+        if self.ledger is not None:
+            for c in out.values():
+                c.acked = c.broken_acks = 0
+        for variant in sorted(totals):
+            t = dict(zip(SUMMED, totals[variant]))
+            if t["tasks"] == 0 and variant not in out:
+                continue
+            c = out.setdefault(variant, VariantCounts(variant))
+            for name in SUMMED:
+                if name in ("unapplied", "acked", "broken_acks"):
+                    continue
+                setattr(c, name, t[name])
+            c.pending = pending.get(variant, 0)
+            c.lost = t["unapplied"] - c.pending
+            if self.ledger is not None:
+                c.acked, c.broken_acks = t["acked"], t["broken_acks"]
+        if self.latencies:
+            self._latency_stats(out, keys)
+        return out
+
+    def _latency_stats(self, out: dict[str, VariantCounts], keys) -> None:
+        cache_key = (self._generation, None if keys is None else tuple(sorted(keys)))
+        if self._pct_cache is None or self._pct_cache[0] != cache_key:
+            merged: dict[str, array] = defaultdict(lambda: array("d"))
+            last: dict[str, float] = {}
+            for key in (self.tasks if keys is None else keys):
+                entry = self.tasks[key]
+                if entry.latencies:
+                    merged[key[0]].extend(entry.latencies)
+                if entry.last_applied_at is not None and entry.last_applied_at > last.get(key[0], float("-inf")):
+                    last[key[0]] = entry.last_applied_at
+            stats = {v: (percentile(list(a), 50), percentile(list(a), 99), last.get(v)) for v, a in merged.items()}
+            for v, t in last.items():
+                stats.setdefault(v, (None, None, t))
+            self._pct_cache = (cache_key, stats)
+        for variant, (p50, p99, last_at) in self._pct_cache[1].items():
+            if variant in out:
+                c = out[variant]
+                c.apply_latency_p50_ms, c.apply_latency_p99_ms, c.last_applied_at = p50, p99, last_at
+
+
+def _xip(snapshot: str) -> list[int]:
+    """The running transaction ids of a pg_snapshot's text form 'xmin:xmax:xip,xip,...'."""
+    xip = snapshot.split(":", 2)[2]
+    return [int(x) for x in xip.split(",") if x]

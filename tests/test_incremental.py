@@ -1,0 +1,146 @@
+"""The incremental checker (racelab.checker.incremental) against the reference, counts.compute.
+
+On a database of its own in the lab's PostgreSQL (so the lab's exporter never sees these rows):
+a few thousand events, states and effects written directly, counted incrementally and by a full
+recount after every change: new events and tasks, states rewritten (lost, duplicated and phantom
+entries), new effect rows (repeated model calls), an event whose seq was taken before a later
+one's but which commits after a refresh (a BIGSERIAL commits out of order), a state write in
+flight across a refresh, and a client ledger with a broken ack. No timing is asserted.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+from racelab import db
+from racelab.checker.counts import compute
+from racelab.checker.incremental import IncrementalCounts
+from racelab.checker.ledger import LedgerEntry
+from racelab.checker.read import snapshot
+from racelab.state import apply_events
+
+VARIANTS = ("inc-a", "inc-b")
+AGENT = "agent-inc"
+
+
+async def insert_events(conn, variant: str, task_id: str, n: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    await conn.execute(
+        """INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
+           SELECT $1, e, $2, $3, s, '{"type": "text"}'::jsonb FROM unnest($4::text[]) WITH ORDINALITY AS u(e, s)""",
+        variant, task_id, AGENT, ids)
+    return ids
+
+
+async def add_effects(conn, variant: str, task_id: str, event_ids: list[str]) -> None:
+    await db.record_effects(conn, variant, task_id, AGENT, str(uuid.uuid4()), event_ids)
+
+
+async def assert_equal(conn, counter: IncrementalCounts, prefix: str, ledger=None, now=None, grace_s=0.0,
+                       scope: str = "") -> None:
+    await counter.refresh(conn)
+    logged, states, effects = await snapshot(conn, scope or prefix)
+    if ledger is not None:
+        ledger = [e for e in ledger if e.task_id.startswith(scope or prefix)]
+    expected = compute(logged, states, effects, variants=VARIANTS, now=now, grace_s=grace_s, ledger=ledger)
+    got = counter.results(now=now, grace_s=grace_s, prefix=scope)
+    skip = () if counter.latencies else ("apply_latency_p50_ms", "apply_latency_p99_ms", "last_applied_at")
+
+    def plain(results):
+        return {v: {k: x for k, x in c.as_dict().items() if k not in skip} for v, c in results.items()}
+    assert plain(got) == plain(expected)
+
+
+@pytest.fixture
+def scratch_db(lab):
+    """A database of its own in the lab's PostgreSQL, with the lab's schema; dropped afterwards."""
+    name = f"racelab_inc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = lab.settings.pg_admin_dsn
+    dsn = admin.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(db.ensure_database(admin, dsn))
+    yield dsn
+
+    async def drop():
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+    asyncio.run(drop())
+
+
+def test_incremental_counts_equal_a_full_recount(scratch_db):
+    asyncio.run(_scenario(scratch_db))
+
+
+async def _scenario(dsn: str) -> None:
+    rng = random.Random(12)
+    prefix = "inc-"
+    async with db.connection(dsn) as conn, db.connection(dsn) as other, db.connection(dsn) as third:
+        # 2 variants x 40 tasks x 30 events, states with a mix of applied, lost and duplicated entries
+        events: dict[tuple, list[str]] = {}
+        for variant in VARIANTS:
+            for t in range(40):
+                key = (variant, f"{prefix}{'x' if t % 4 == 0 else 'y'}{t:03d}")
+                events[key] = await insert_events(conn, *key, 30)
+        for (variant, task_id), ids in events.items():
+            applied = [e for e in ids if rng.random() < 0.7]
+            if rng.random() < 0.2:
+                applied.append(applied[0])  # a duplicate application
+            if rng.random() < 0.1:
+                applied.append("phantom-" + uuid.uuid4().hex)
+            await db.write_state(conn, variant, task_id, AGENT, apply_events(None, applied))
+            await add_effects(conn, variant, task_id, applied[: len(applied) - 2])
+        ledger = [LedgerEntry(v, t, AGENT, e) for (v, t), ids in events.items() for e in ids[:10]]
+        ledger.append(LedgerEntry("inc-a", f"{prefix}y001", AGENT, "acked-but-never-logged"))
+
+        plain = IncrementalCounts(prefix, variants=VARIANTS)
+        with_ledger = IncrementalCounts(prefix, variants=VARIANTS, ledger=ledger)
+        live = IncrementalCounts(variants=VARIANTS, latencies=False)  # as the exporter keeps it
+        await assert_equal(conn, plain, prefix)
+        await assert_equal(conn, with_ledger, prefix, ledger=ledger)
+        await assert_equal(conn, live, prefix, now=time.time(), grace_s=10.0)
+        assert plain.results()["inc-a"].accepted == 1200
+
+        for round_ in range(3):
+            # new events for old and new tasks, states rewritten, effects repeated
+            for (variant, task_id), ids in rng.sample(sorted(events.items()), 12):
+                ids += await insert_events(conn, variant, task_id, 5)
+                row = await db.read_state(conn, variant, task_id, AGENT)
+                new = [e for e in ids[-5:] if rng.random() < 0.8]
+                await db.write_state(conn, variant, task_id, AGENT, apply_events(row["state"], new))
+                await add_effects(conn, variant, task_id, new + new[:1])
+            key = ("inc-b", f"{prefix}new{round_}")
+            events[key] = await insert_events(conn, *key, 7)
+            # an event whose seq is taken now but which commits after the next refresh, while a
+            # later one commits before it; and a state write in flight across that refresh
+            late = ("inc-a", f"{prefix}y005")
+            tx = other.transaction()
+            await tx.start()
+            await other.execute("UPDATE tasks SET status = status")  # an xid before the seq
+            late_ids = await insert_events(other, *late, 1)
+            tx2 = third.transaction()
+            await tx2.start()
+            row = await db.read_state(third, "inc-b", f"{prefix}y006", AGENT)
+            await db.write_state(third, "inc-b", f"{prefix}y006", AGENT,
+                                 apply_events(row["state"], events[("inc-b", f"{prefix}y006")][:3]))
+            events[late] += await insert_events(conn, *late, 2)  # higher seqs, committed first
+            for counter in (plain, live):
+                await assert_equal(conn, counter, prefix, now=time.time(), grace_s=10.0)
+            await tx.commit()
+            await tx2.commit()
+            events[late] += late_ids
+            await assert_equal(conn, plain, prefix)
+            await assert_equal(conn, with_ledger, prefix, ledger=ledger)
+            await assert_equal(conn, live, prefix, now=time.time(), grace_s=10.0)
+            await assert_equal(conn, live, prefix, now=time.time() + 60, grace_s=10.0)  # pending has aged
+            await assert_equal(conn, plain, prefix, scope=f"{prefix}x")  # a run's tasks only
+        got = plain.results()["inc-a"]
+        assert got.lost > 0 and got.duplicate_applications > 0 and got.phantoms > 0
+        assert with_ledger.results()["inc-a"].broken_acks == 1
