@@ -71,6 +71,15 @@ install:
 
 ifeq ($(RUNTIME),docker)
 
+# VARIANTS with Docker Compose: the design card's three always run; VARIANTS=all enables the compose
+# profile "zoo" (every variant's pods and the queue workers), a comma list the profiles of those
+# variants (each zoo variant's services carry its name). The checker's container is told the same.
+comma := ,
+ifdef VARIANTS
+export COMPOSE_PROFILES := $(if $(filter all,$(VARIANTS)),zoo,$(VARIANTS))
+export RACELAB_VARIANTS := $(if $(filter all,$(VARIANTS)),all,unguarded$(comma)locked$(comma)temporal$(comma)$(VARIANTS))
+endif
+
 compose-version:
 	@v=$$($(COMPOSE) version --short 2>/dev/null | sed 's/^v//'); \
 	if ! echo "$$v" | awk -F. -v min=$(COMPOSE_MIN) '{ split(min, m, "."); \
@@ -85,7 +94,7 @@ up: compose-version
 	@$(MAKE) --no-print-directory urls
 
 down:
-	$(COMPOSE) --profile load down --volumes --remove-orphans
+	$(COMPOSE) --profile load --profile zoo down --volumes --remove-orphans
 
 status:
 	$(COMPOSE) ps
@@ -94,7 +103,7 @@ logs:
 	$(COMPOSE) logs -f
 
 urls:
-	@echo "gateway       http://127.0.0.1:$(GATEWAY_PORT)/<variant>/api   (unguarded, locked, temporal)"
+	@echo "gateway       http://127.0.0.1:$(GATEWAY_PORT)/<variant>/api   (unguarded, locked, temporal$(if $(COMPOSE_PROFILES),; profiles $(COMPOSE_PROFILES)))"
 	@echo "grafana       http://127.0.0.1:$(GRAFANA_PORT)   (anonymous viewer; admin password GRAFANA_ADMIN_PASSWORD in .env)"
 	@echo "prometheus    http://127.0.0.1:$(PROMETHEUS_PORT)"
 	@echo "temporal UI   http://127.0.0.1:$(TEMPORAL_UI_PORT)"

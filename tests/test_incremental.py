@@ -23,18 +23,18 @@ from racelab.checker.counts import compute
 from racelab.checker.incremental import IncrementalCounts
 from racelab.checker.ledger import LedgerEntry
 from racelab.checker.read import snapshot
-from racelab.state import apply_events
+from racelab.state import SHARED_AGENT, apply_events
 
 VARIANTS = ("inc-a", "inc-b")
 AGENT = "agent-inc"
 
 
-async def insert_events(conn, variant: str, task_id: str, n: int) -> list[str]:
+async def insert_events(conn, variant: str, task_id: str, n: int, agent: str = AGENT) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     await conn.execute(
         """INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
            SELECT $1, e, $2, $3, s, '{"type": "text"}'::jsonb FROM unnest($4::text[]) WITH ORDINALITY AS u(e, s)""",
-        variant, task_id, AGENT, ids)
+        variant, task_id, agent, ids)
     return ids
 
 
@@ -116,6 +116,15 @@ async def _scenario(dsn: str) -> None:
                 new = [e for e in ids[-5:] if rng.random() < 0.8]
                 await db.write_state(conn, variant, task_id, AGENT, apply_events(row["state"], new))
                 await add_effects(conn, variant, task_id, new + new[:1])
+            # two agents of one task, one task-level state (task.params.shared_state): a refresh
+            # that sees only the second agent's new events must recount the whole task
+            shared = ("inc-a", f"{prefix}shared")
+            if round_ == 0:
+                mine = await insert_events(conn, *shared, 4)
+                await db.write_state(conn, *shared, SHARED_AGENT, apply_events(None, mine))
+                await add_effects(conn, *shared, mine)
+                await assert_equal(conn, plain, prefix)
+            await insert_events(conn, *shared, 2, agent="agent-inc-2")
             key = ("inc-b", f"{prefix}new{round_}")
             events[key] = await insert_events(conn, *key, 7)
             # an event whose seq is taken now but which commits after the next refresh, while a

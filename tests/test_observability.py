@@ -58,6 +58,8 @@ def test_load_run_keeps_its_results(load_run):
 
 @pytest.mark.parametrize("title, expr", dashboard_exprs(), ids=[f"{t}: {e[:40]}" for t, e in dashboard_exprs()])
 async def test_dashboard_query_returns_data(lab, load_run, title, expr):
+    if "racelab_optimistic_" in expr and "optimistic" not in lab.settings.variants:
+        pytest.skip("the lab does not run optimistic (its series exist from its pods' start, at 0)")
     query = as_promql(expr)
     deadline = time.monotonic() + 30
     while True:
@@ -74,7 +76,7 @@ async def test_checker_gauges_in_prometheus_match_the_counts(lab, load_run):
     """The lost-updates series: > 0 for unguarded, 0 for locked and temporal, and equal to the
     checker's counts over the whole lab once the exporter and Prometheus have caught up."""
     async with db.connection(lab.settings.pg_dsn) as conn:
-        counts = compute(*await snapshot(conn), variants=VARIANTS)
+        counts = compute(*await snapshot(conn), variants=lab.settings.variants)  # the exporter reports each at 0
     deadline = time.monotonic() + 40
     while True:
         series = {r["metric"]["variant"]: float(r["value"][1])
@@ -112,3 +114,39 @@ async def test_dashboard_variable_and_fault_annotations(lab, load_run):
     (faults,) = dash["annotations"]["list"]
     assert "racelab_faults_total" in faults["expr"]
     await prom_query(lab.settings, as_promql(faults["expr"]))  # asserts status success
+
+
+async def test_optimistic_conflicts_are_counted_and_plotted(lab, load_run, tmp_path):
+    """optimistic's conflicts (each one a retry): the session's load drives only the design card's
+    three, so a short burst drives optimistic here; then the dashboard's panel has conflicts > 0 in
+    Prometheus, and the report of a run that includes optimistic draws its row."""
+    if "optimistic" not in lab.settings.variants:
+        pytest.skip("the lab does not run optimistic")
+    import shutil
+    import subprocess
+    import sys
+    from racelab.clients.burst import burst_and_check
+    started = time.time()
+    out = await burst_and_check(lab.settings, 4, 20, ("optimistic",), prefix=f"obs-opt-{int(started)}-")
+    assert out["results"]["optimistic"].safe
+    dash = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dash["panels"] if "racelab_optimistic_conflicts_total" in p["targets"][0]["expr"]]
+    deadline = time.monotonic() + 20
+    while True:  # the next scrape (every 5 s) brings the pods' counters
+        values = {t["refId"]: [float(r["value"][1]) for r in await prom_query(lab.settings, as_promql(t["expr"]))
+                               if r["metric"].get("variant") == "optimistic"] for t in panel["targets"]}
+        if all(v and v[0] > 0 for v in values.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert all(v and v[0] > 0 for v in values.values()), values
+    run_dir = tmp_path / "run-with-optimistic"
+    shutil.copytree(load_run["dir"], run_dir)
+    run = dict(load_run["run"], variants=load_run["run"]["variants"] + ["optimistic"], started_at=started,
+               ended_at=time.time())
+    (run_dir / "run.json").write_text(json.dumps(run))
+    done = subprocess.run([sys.executable, "-m", "racelab.report", "--run", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (run_dir / "report.html").read_text()
+    figure = re.search(r"<figure data-plot='optimistic-conflicts'>(.*?)</figure>", page, re.S)
+    assert figure and 'id="line2d_' in figure.group(1)
+    assert int(re.search(r"optimistic: (\d+) write conflicts", figure.group(1)).group(1)) > 0

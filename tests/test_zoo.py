@@ -146,3 +146,25 @@ async def test_queue_loses_nothing_when_a_queue_worker_is_killed_mid_burst(lab):
     c = (await burst_task)["results"]["queue"]
     assert (c.accepted, c.applied, c.lost, c.duplicate_applications, c.counter_drift) == (180, 180, 0, 0, 0)
     assert c.duplicate_side_effects <= 8  # at most the model calls in flight at the kill
+
+
+async def test_multi_agent_shared_state_needs_a_task_level_key(lab):
+    """The matrix's multi-agent scenario (the second seed's case): 3 agents per task append to the
+    task's one history (task.params.shared_state). A lock and cursor keyed per (task, agent), as
+    the seed's Option 1 keys its lock, let the agents write it concurrently: locked and lock-only
+    lose updates. One workflow per task (temporal), the queue's row lock on the task's state and
+    optimistic's version check keep it whole."""
+    from racelab.clients.matrix import MULTI_AGENT, TASKS as MX_TASKS, run_scenario
+    variants = ("locked", "lock-only", "temporal", "queue", "optimistic")
+    out = await run_scenario(lab.settings, "multi-agent", new_id("zoo"), variants)
+    assert out["quiescent"] and out["errors"] == []
+    per_variant = MX_TASKS * MULTI_AGENT["agents"] * MULTI_AGENT["events"]
+    for v in variants:
+        c = out["cells"][v]["counts"]
+        assert out["cells"][v]["ok"] and c["accepted"] == c["acked"] == per_variant and c["broken_acks"] == 0, (v, c)
+    for v in ("locked", "lock-only"):
+        c = out["cells"][v]["counts"]
+        assert c["lost"] > 0 and c["counter_drift"] < 0, (v, c)
+    for v in ("temporal", "queue", "optimistic"):
+        c = out["cells"][v]["counts"]
+        assert (c["applied"], c["lost"], c["duplicates"], c["counter_drift"], c["phantoms"]) == (per_variant, 0, 0, 0, 0), (v, c)

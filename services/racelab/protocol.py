@@ -30,7 +30,8 @@ MAX_DEPTH = 64            # levels of objects/arrays, the request object being l
 MAX_INT_DIGITS = 1000     # an integer literal longer than this is refused (Python's own limit is 4300)
 MAX_CONTENT_BYTES = 512 * 1024  # event.content as JSON with non-ASCII escaped (Temporal warns at 512 KiB
                                 # per payload and refuses 2 MiB; a 1 MiB body of emoji escapes to 3 MiB)
-# Lab knobs an agent may pass in task.params, and their ranges (anything else in task.params is free).
+# Lab knobs an agent may pass in task.params, and their ranges (anything else in task.params is free);
+# and shared_state, a boolean (state.state_agent).
 TASK_KNOBS = {"continue_as_new_after": (int, 0, 1_000_000), "model_latency_ms": ((int, float), 0, 600_000)}
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")  # NUL: refused by PostgreSQL; lone surrogates: not UTF-8
 
@@ -284,6 +285,8 @@ def _check_knobs(task_params: dict, rpc_id: Any) -> None:
             what = "an integer" if kind is int else "a number"
             raise RpcError(INVALID_PARAMS, f'invalid params: "task.params.{name}" must be {what} from {low} to {high}',
                            rpc_id=rpc_id)
+    if not isinstance(task_params.get("shared_state", False), (bool, type(None))):  # state.state_agent
+        raise RpcError(INVALID_PARAMS, 'invalid params: "task.params.shared_state" must be a boolean', rpc_id=rpc_id)
 
 
 def parse_task(req: Request) -> TaskRef:

@@ -4,7 +4,8 @@ At the top the headline per variant (share of acked events lost, duplicate appli
 drift, from the checker after quiescence); then, over the run's time (Prometheus range queries),
 one row per metric with the variants side by side: lost updates and duplicates counted from the
 run's start (the checker's gauges count the whole lab, so the value at the start is taken off),
-applied events/s, ack and apply latency p50/p99; faults from the run's faults.jsonl as vertical
+applied events/s, ack and apply latency p50/p99 (and optimistic's write conflicts, each one a
+retry, when the run drove it); faults from the run's faults.jsonl as vertical
 lines; then the checker's table and the run's settings. The plots are SVG drawn by matplotlib and
 inlined, so the page opens without Grafana and without the network.
 """
@@ -49,6 +50,11 @@ PLOTS = [
     ("Apply latency", "ms", [(quantile(0.5, "racelab_apply_latency_seconds"), " p50"),
                              (quantile(0.99, "racelab_apply_latency_seconds"), " p99")]),
 ]
+
+# optimistic's own row, when the run drove it: conflicting conditional writes, each one a retry
+# (the dashboard's "Write conflicts and retries (optimistic)")
+OPTIMISTIC_PLOT = ("Write conflicts = retries (optimistic)", "conflicts/s",
+                   [("sum by (variant) (rate(racelab_optimistic_conflicts_total[30s]))", "")])
 
 
 def query_range(prometheus: str, expr: str, start: float, end: float, step: float = 5.0) -> dict[str, list]:
@@ -155,6 +161,17 @@ def render(run_dir: Path) -> Path:
                 if variant in run["variants"]:
                     series.append((variant, suffix, points))
         plots.append(f"<figure>{svg_plot(title, unit, series, run['variants'], run['started_at'], faults)}</figure>")
+    if "optimistic" in run["variants"]:
+        title, unit, queries = OPTIMISTIC_PLOT
+        series = [("optimistic", suffix, points) for expr, suffix in queries
+                  for variant, points in query_range(run["prometheus_url"], expr, start, end).items()
+                  if variant == "optimistic"]
+        total = query_range(run["prometheus_url"], "sum by (variant) (increase(racelab_optimistic_conflicts_total"
+                            f"[{max(10, int(end - start))}s]))", end, end).get("optimistic", [(end, 0.0)])
+        plots.append(f"<figure data-plot='optimistic-conflicts'>"
+                     f"{svg_plot(title, unit, series, ['optimistic'], run['started_at'], faults)}"
+                     f"<figcaption>optimistic: {total[-1][1]:.0f} write conflicts in the run, each retried"
+                     f"</figcaption></figure>")
     settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in run.items())
     verdict = ("locked and temporal lost nothing, duplicated nothing, no counter drift" if checker["ok"]

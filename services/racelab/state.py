@@ -11,6 +11,17 @@ import time
 from typing import Iterable
 
 
+SHARED_AGENT = "*"  # the agent id of a task-level state, shared by every agent of the task
+
+
+def state_agent(task_params: dict, agent_id: str) -> str:
+    """Whose state an event updates: its agent's own (the default, keyed per (task, agent) as
+    Agentex keys states), or with the lab knob `task.params.shared_state: true` the task's one
+    shared state (agent id SHARED_AGENT): the second seed's agents appending to one history.
+    A variant's locks and cursors stay keyed as the variant keys them; only the state moves."""
+    return SHARED_AGENT if task_params.get("shared_state") is True else agent_id
+
+
 def initial_state() -> dict:
     return {"processing_count": 0, "history": [], "applied_at": []}
 

@@ -17,6 +17,10 @@ Per task, summed per variant:
   apply latency           applied_at (state) - accepted_at (event log), per distinct applied event
   last_applied_at         the latest applied_at of a distinct applied event (for recovery times)
 
+A task-level state (agent id "*", the lab knob task.params.shared_state: several agents of one
+task appending to one history) is matched against the events of every agent of its task; the
+event log keeps each event's real agent id.
+
 While events still arrive (the exporter's live view), an accepted event not yet applied is
 `pending` rather than lost until it is older than a grace period; after quiescence (the
 checker's verdict) the grace is 0 and nothing is pending.
@@ -27,6 +31,8 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, NamedTuple
+
+from ..state import SHARED_AGENT
 
 
 class LoggedEvent(NamedTuple):
@@ -118,32 +124,54 @@ def inversions(values: list[int]) -> int:
     return sort_count(values)[1]
 
 
+SHARED_SUFFIX = "+shared"
+
+
+def counted_as(variant: str, agent_id: str) -> str:
+    """The label a task's counts are summed under: a task-level (shared) state is counted apart,
+    as "<variant>+shared", so a design's per-(task, agent) guarantee and what it does to state
+    that agents share are never mixed (the matrix's multi-agent case loses updates on purpose)."""
+    return variant + SHARED_SUFFIX if agent_id == SHARED_AGENT else variant
+
+
+def base_variant(label: str) -> str:
+    return label[:-len(SHARED_SUFFIX)] if label.endswith(SHARED_SUFFIX) else label
+
+
 def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
             effects: Iterable[EffectCount], variants: Iterable[str] = (),
             now: float | None = None, grace_s: float = 0.0,
             ledger: Iterable | None = None) -> dict[str, VariantCounts]:
     """ledger: LedgerEntry rows (racelab.checker.ledger) of the clients that sent these events;
     None when no client ledger is at hand (the live exporter), and then acked/broken_acks are None."""
+    states = list(states)
+    # A task whose state is task-level (agent id SHARED_AGENT, task.params.shared_state): every
+    # agent's events, effects and acks of that task are matched against that one state.
+    shared = {(s.variant, s.task_id) for s in states if s.agent_id == SHARED_AGENT}
+
+    def key_of(variant: str, task_id: str, agent_id: str) -> tuple:
+        return (variant, task_id, SHARED_AGENT) if (variant, task_id) in shared else (variant, task_id, agent_id)
+
     logged: dict[tuple, dict[str, LoggedEvent]] = defaultdict(dict)
     for e in events:
-        logged[(e.variant, e.task_id, e.agent_id)][e.event_id] = e
+        logged[key_of(e.variant, e.task_id, e.agent_id)][e.event_id] = e
     final = {(s.variant, s.task_id, s.agent_id): s.state for s in states}
     effect_rows: dict[tuple, dict[str, int]] = defaultdict(dict)
     for f in effects:
-        rows = effect_rows[(f.variant, f.task_id, f.agent_id)]
+        rows = effect_rows[key_of(f.variant, f.task_id, f.agent_id)]
         rows[f.event_id] = rows.get(f.event_id, 0) + f.rows
     acked: dict[tuple, set[str]] | None = None
     if ledger is not None:
         acked = defaultdict(set)
         for entry in ledger:
-            acked[(entry.variant, entry.task_id, entry.agent_id)].add(entry.event_id)
+            acked[key_of(entry.variant, entry.task_id, entry.agent_id)].add(entry.event_id)
 
     result = {v: VariantCounts(v) for v in variants}
     if acked is not None:
         for counts in result.values():
             counts.acked = counts.broken_acks = 0
     for key in sorted(set(logged) | set(final) | set(effect_rows) | set(acked or ())):
-        variant = key[0]
+        variant = counted_as(key[0], key[2])
         counts = result.setdefault(variant, VariantCounts(variant))
         if acked is not None and counts.acked is None:
             counts.acked = counts.broken_acks = 0

@@ -17,6 +17,9 @@ in S_{j-1} must have: a writer that was not running at S_{j-1} took its mark aft
 refresh before the one where it was first seen running. A writer already running at the first
 (full) load has no such bound: the next refresh scans the whole table once for its xids.
 
+The unit recomputed is a task (variant, task id) with all of its agents: a task-level state
+(agent id "*", task.params.shared_state) is matched against every agent's events of its task.
+
 Rows are never deleted from these tables by the lab; a table that shrinks (a new lab on the same
 ports) resets the counter to a full load.
 """
@@ -28,6 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .counts import EffectCount, FinalState, LoggedEvent, VariantCounts, compute, percentile
+from .read import agent_states
 
 # summed per variant; lost is kept as "unapplied" and split into pending / lost at results()
 SUMMED = ("tasks", "accepted", "applied", "unapplied", "duplicates", "duplicate_applications",
@@ -44,6 +48,7 @@ class TaskCounts:
     young: list[float] = field(default_factory=list)  # accepted_at of recent unapplied events
     latencies: array | None = None
     last_applied_at: float | None = None
+    label: str = ""                   # the variant it is summed under (counts.counted_as)
 
 
 def _like(prefix: str) -> str:
@@ -66,7 +71,7 @@ class IncrementalCounts:
             self.ledger = defaultdict(list)
             for entry in ledger:
                 if entry.task_id.startswith(task_prefix):
-                    self.ledger[(entry.variant, entry.task_id, entry.agent_id)].append(entry)
+                    self.ledger[(entry.variant, entry.task_id)].append(entry)
         self.reset()
 
     def reset(self) -> None:
@@ -133,10 +138,10 @@ class IncrementalCounts:
                 where = mark_sql
                 args = (self.like, self._snapshot, low)
             rows = await conn.fetch(
-                f"""SELECT DISTINCT variant, task_id, agent_id FROM {table}
+                f"""SELECT DISTINCT variant, task_id FROM {table}
                     WHERE {where} AND task_id LIKE $1
                       AND NOT pg_visible_in_snapshot(xmin::text::xid8, $2::text::pg_snapshot)""", *args)
-            keys.update((r["variant"], r["task_id"], r["agent_id"]) for r in rows)
+            keys.update((r["variant"], r["task_id"]) for r in rows)
         return keys
 
     async def _full_load(self, conn) -> int:
@@ -149,13 +154,13 @@ class IncrementalCounts:
             """SELECT variant, task_id, agent_id, event_id, count(*) AS n FROM effects WHERE task_id LIKE $1
                GROUP BY variant, task_id, agent_id, event_id""", self.like)
         keys = set(self.ledger or ())
+        states = await agent_states(conn, events, states, effects)  # variant "agent": through its invariant
         self._apply(events, states, effects, keys)
         return len(self.tasks)
 
     async def _recount(self, conn, keys: set[tuple]) -> None:
         cols = [list(c) for c in zip(*keys)]
-        join = """JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(v, t, a)
-                  ON x.variant = k.v AND x.task_id = k.t AND x.agent_id = k.a"""
+        join = """JOIN unnest($1::text[], $2::text[]) AS k(v, t) ON x.variant = k.v AND x.task_id = k.t"""
         events = await conn.fetch(
             f"""SELECT x.variant, x.task_id, x.agent_id, x.event_id, x.sequence_id,
                        extract(epoch FROM x.accepted_at)::float8 AS t FROM events x {join}""", *cols)
@@ -164,17 +169,18 @@ class IncrementalCounts:
         effects = await conn.fetch(
             f"""SELECT x.variant, x.task_id, x.agent_id, x.event_id, count(*) AS n FROM effects x {join}
                 GROUP BY x.variant, x.task_id, x.agent_id, x.event_id""", *cols)
+        states = await agent_states(conn, events, states, effects)  # variant "agent": through its invariant
         self._apply(events, states, effects, keys)
 
     def _apply(self, events, states, effects, keys: set[tuple]) -> None:
         """Recompute the tasks of keys (and of every row given) with compute(), task by task."""
         by_task: dict[tuple, tuple[list, list, list]] = defaultdict(lambda: ([], [], []))
         for r in events:
-            by_task[(r[0], r[1], r[2])][0].append(LoggedEvent(*r))
+            by_task[(r[0], r[1])][0].append(LoggedEvent(*r))
         for r in states:
-            by_task[(r[0], r[1], r[2])][1].append(FinalState(*r))
+            by_task[(r[0], r[1])][1].append(FinalState(*r))
         for r in effects:
-            by_task[(r[0], r[1], r[2])][2].append(EffectCount(*r))
+            by_task[(r[0], r[1])][2].append(EffectCount(*r))
         for key in keys:
             by_task[key]
         horizon = time.time() - KEEP_YOUNG_S
@@ -183,22 +189,22 @@ class IncrementalCounts:
             counts = compute(evs, sts, effs, ledger=ledger)
             old = self.tasks.pop(key, None)
             if old is not None:
-                self._add(key[0], old.values, -1)
+                self._add(old.label, old.values, -1)
             self.young_tasks.discard(key)
             if not counts:  # nothing left of the task (cannot happen while rows are never deleted)
                 continue
-            c = counts[key[0]]
+            (label, c), = counts.items()  # one task: one label, its variant's or "<variant>+shared"
             applied_ids = {eid for s in sts for eid in (s.state.get("history") or [])}
             young = sorted(e.accepted_at for e in evs if e.accepted_at > horizon and e.event_id not in applied_ids)
             values = (c.tasks, c.accepted, c.applied, c.lost, c.duplicates, c.duplicate_applications,
                       c.duplicate_side_effects, c.phantoms, c.unworked, c.counter_drift, c.reordered,
                       c.acked or 0, c.broken_acks or 0)
             entry = TaskCounts(values, young, array("d", c.latencies_ms) if self.latencies else None,
-                               c.last_applied_at)
+                               c.last_applied_at, label)
             self.tasks[key] = entry
             if young:
                 self.young_tasks.add(key)
-            self._add(key[0], values, 1)
+            self._add(label, values, 1)
         self._generation += 1
 
     def _prune_young(self) -> None:
@@ -226,7 +232,7 @@ class IncrementalCounts:
             totals: dict[str, list[int]] = defaultdict(lambda: [0] * len(SUMMED))
             keys = [k for k in self.tasks if k[1].startswith(prefix)]
             for key in keys:
-                t = totals[key[0]]
+                t = totals[self.tasks[key].label]
                 for i, v in enumerate(self.tasks[key].values):
                     t[i] += v
             young_keys = [k for k in self.young_tasks if k[1].startswith(prefix)]
@@ -236,7 +242,7 @@ class IncrementalCounts:
         if now is not None:
             floor = now - grace_s
             for key in young_keys:
-                pending[key[0]] += sum(1 for t in self.tasks[key].young if t > floor)
+                pending[self.tasks[key].label] += sum(1 for t in self.tasks[key].young if t > floor)
         out = {v: VariantCounts(v) for v in self.variants}
         if self.ledger is not None:
             for c in out.values():
@@ -266,9 +272,9 @@ class IncrementalCounts:
             for key in (self.tasks if keys is None else keys):
                 entry = self.tasks[key]
                 if entry.latencies:
-                    merged[key[0]].extend(entry.latencies)
-                if entry.last_applied_at is not None and entry.last_applied_at > last.get(key[0], float("-inf")):
-                    last[key[0]] = entry.last_applied_at
+                    merged[entry.label].extend(entry.latencies)
+                if entry.last_applied_at is not None and entry.last_applied_at > last.get(entry.label, float("-inf")):
+                    last[entry.label] = entry.last_applied_at
             stats = {v: (percentile(list(a), 50), percentile(list(a), 99), last.get(v)) for v, a in merged.items()}
             for v, t in last.items():
                 stats.setdefault(v, (None, None, t))

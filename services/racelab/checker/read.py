@@ -19,20 +19,22 @@ async def snapshot(conn, task_prefix: str = "") -> tuple[list[LoggedEvent], list
         effects = await conn.fetch(
             """SELECT variant, task_id, agent_id, event_id, count(*) AS n FROM effects WHERE task_id LIKE $1
                GROUP BY variant, task_id, agent_id, event_id""", like)
-        agent_events = await _agent_events(conn, like, events)
-    final = [FinalState(*r) for r in states]
-    effect_counts = [EffectCount(*r) for r in effects]
-    if agent_events is not None:  # a user's own agent: its state seen through its declared invariant
-        final = invariant.translate_states(invariant.load(Settings.from_env().agent_path), AGENT_VARIANT,
-                                           final, agent_events, effect_counts)
-    return [LoggedEvent(*r) for r in events], final, effect_counts
+        states = await agent_states(conn, events, states, effects)
+    return ([LoggedEvent(*r) for r in events],
+            [FinalState(*r) for r in states],
+            [EffectCount(*r) for r in effects])
 
 
-async def _agent_events(conn, like: str, events) -> list | None:
-    """The agent variant's events with their text (the invariant may match list entries by it)."""
-    if not any(r["variant"] == AGENT_VARIANT for r in events):
-        return None
+async def agent_states(conn, events, states, effects) -> list:
+    """The states (rows or FinalStates) with variant "agent"'s, a user's own agent, seen through
+    its declared invariant (checker/invariant.py); unchanged when no row is the agent's. Reads the
+    agent's events with their text, which the invariant may match list entries by."""
+    tasks = sorted({r[1] for r in (*events, *states) if r[0] == AGENT_VARIANT})
+    if not tasks:
+        return states
     rows = await conn.fetch(
         """SELECT task_id, agent_id, event_id, seq, content->>'content' AS text FROM events
-           WHERE variant = $2 AND task_id LIKE $1""", like, AGENT_VARIANT)
-    return [invariant.AgentEvent(*r) for r in rows]
+           WHERE variant = $1 AND task_id = ANY($2::text[])""", AGENT_VARIANT, tasks)
+    return invariant.translate_states(invariant.load(Settings.from_env().agent_path), AGENT_VARIANT,
+                                      [FinalState(*r) for r in states], [invariant.AgentEvent(*r) for r in rows],
+                                      [EffectCount(*r) for r in effects])

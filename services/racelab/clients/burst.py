@@ -27,7 +27,7 @@ from ..checker.ledger import LedgerEntry, LedgerWriter
 from ..checker.quiescence import verdict, wait_for_quiescence
 from .retry import Outcome, RetryPolicy, classify, parse_retry_after, redeliver, redelivery_delay
 from ..checker.counts import table
-from ..config import ALL_VARIANTS, Settings
+from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
 
 AGENT = {"id": "racelab-agent", "name": "racelab-agent", "acp_type": "async"}
 
@@ -51,17 +51,21 @@ class Ledger:
     retries: int = 0        # sends repeated after a failure
     redelivered: int = 0    # acked events sent once more on purpose
     writer: LedgerWriter | None = None
+    agents: dict[str, str] = field(default_factory=dict)  # event id -> agent id, where not AGENT's
 
     def tasks(self, variant: str) -> list[str]:
         return sorted(t for v, t in self.acked if v == variant)
 
-    def record(self, variant: str, task_id: str, event_id: str) -> None:
+    def record(self, variant: str, task_id: str, event_id: str, agent_id: str | None = None) -> None:
         self.acked[(variant, task_id)].add(event_id)
+        if agent_id and agent_id != AGENT["id"]:  # another agent on the task (the matrix's multi-agent case)
+            self.agents[event_id] = agent_id
         if self.writer is not None:
-            self.writer.acked(variant, task_id, AGENT["id"], event_id)
+            self.writer.acked(variant, task_id, agent_id or AGENT["id"], event_id)
 
     def entries(self) -> list[LedgerEntry]:
-        return [LedgerEntry(v, t, AGENT["id"], e) for (v, t), ids in self.acked.items() for e in ids]
+        return [LedgerEntry(v, t, self.agents.get(e, AGENT["id"]), e) for (v, t), ids in self.acked.items()
+                for e in ids]
 
 
 async def post_once(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, object, str | None]:
@@ -219,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="a concurrent event/send burst, then the checker's counts")
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--events", type=int, default=30, help="concurrent events per task")
-    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS, help="repeatable; default: the running ones")
+    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS + (AGENT_VARIANT,), help="repeatable; default: the running ones")
     parser.add_argument("--spread", type=float, default=0.0,
                         help="seconds to spread each task's events over (default 0: all at once)")
     parser.add_argument("--dup-rate", type=float, default=0.0,

@@ -123,7 +123,7 @@ async def chaos_one(settings: Settings, kind: str, variants: tuple[str, ...], ta
     ledger = await sending
     for r in records:
         say(f"chaos: {kind}: {r.target} " + (f"back after {r.down_s:.1f} s" if r.back_at else f"FAILED: {r.error}"))
-    results, quiescent = await wait_for_quiescence(settings.pg_dsn, prefix, settle_s=5.0, timeout_s=120,
+    results, quiescent = await wait_for_quiescence(settings.pg_dsn, prefix, settle_s=3.0, timeout_s=120,
                                                    ledger=ledger.entries(), progress=say)
     return ChaosOutcome(kind, prefix, records, in_flight, {v: results[v] for v in variants}, quiescent,
                         ledger.errors, ledger.retries)

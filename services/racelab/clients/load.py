@@ -29,7 +29,7 @@ from .. import db
 from ..checker.quiescence import verdict, wait_for_quiescence
 from ..checker.counts import table
 from ..checker.ledger import read_ledger
-from ..config import ALL_VARIANTS, Settings
+from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
 from ..lab.topology import venv_binary
 from .burst import register_run
 
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--rate", type=float, default=10, help="users spawned per second")
     parser.add_argument("--duration", default="60s", help="e.g. 60s, 2m")
-    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS, help="repeatable; default: the running ones")
+    parser.add_argument("--variant", action="append", choices=ALL_VARIANTS + (AGENT_VARIANT,), help="repeatable; default: the running ones")
     parser.add_argument("--host", default="", help="gateway URL (default: this lab's gateway)")
     parser.add_argument("--locust-args", default="", help="extra Locust options, e.g. '--burst-size 8'")
     parser.add_argument("--dup-rate", type=float, default=0.05,

@@ -15,8 +15,12 @@ Scenarios:
   pod-kill     events spread over 3 s; replica 1 of every variant SIGKILLed after 1 s
   worker-kill  the same, killing a worker: Temporal worker 1 (temporal, temporal-naive) or
                queue worker 1 (queue); variants without workers have no cell
-Not yet: the multi-agent case (several agent ids appending to one task-level history) needs a
-shared-state knob in the variants; see README.
+  multi-agent  the second seed's case: 3 agent ids per task, each sending its events at once, all
+               appending to the task's one shared history (task.params.shared_state: the state
+               is kept under agent "*"; locks and cursors stay keyed as each variant keys them).
+               A lock keyed per (task, agent), as the seed's Option 1 keys it, does not protect
+               it (locked, lock-only); one workflow, queue row lock or version per task does.
+               Only the variants that honour the knob (SHARED_STATE) have a cell
 """
 from __future__ import annotations
 
@@ -32,20 +36,22 @@ from pathlib import Path
 
 import aiohttp
 
-from ..checker.counts import VariantCounts
+from ..checker.counts import SHARED_SUFFIX, VariantCounts
 from ..checker.quiescence import wait_for_quiescence
 from ..config import Settings
 from ..nemesis.faults import parse_fault
 from ..nemesis.record import inject
 from ..nemesis.runtimes import NativeRuntime, runtime_for
-from .burst import Ledger, event_send, post_once, raise_fd_limit, run_burst
+from .burst import AGENT, Ledger, event_send, post_once, raise_fd_limit, run_burst
 from .load import results_root
 from .retry import Outcome, classify
 
 TASKS, EVENTS = 5, 15
-SCENARIOS = ("burst", "one-replica", "redelivery", "lease", "pod-kill", "worker-kill")
+SCENARIOS = ("burst", "one-replica", "redelivery", "lease", "pod-kill", "worker-kill", "multi-agent")
 LEASE_PARAMS = {"model_latency_ms": 600, "lock_ttl_s": 0.2}
 WORKERS = {"temporal": "worker-1", "temporal-naive": "worker-1", "queue": "queue-worker-1"}
+MULTI_AGENT = {"agents": 3, "events": 5, "params": {"shared_state": True}}  # per task: 3 agents x 5 events
+SHARED_STATE = ("unguarded", "locked", "lock-only", "temporal", "queue", "optimistic")  # honour the knob
 
 # What each variant is documented to do (README, "The race zoo"): safe = nothing lost, nothing
 # applied twice, no drift (duplicate side effects only at a fault, at most the calls in flight);
@@ -67,6 +73,9 @@ EXPECTED.update({
     "asyncio-lock": {"burst": "loses", "one-replica": "safe", "redelivery": "loses", "lease": "loses",
                      "pod-kill": "loses", "worker-kill": "loses"},
 })
+# shared state: a lock or cursor per (task, agent) lets the agents of a task write it concurrently
+for _v in ("unguarded", "locked", "lock-only"):
+    EXPECTED[_v]["multi-agent"] = "loses"
 
 
 def meets(expectation: str, c: VariantCounts, fault: bool) -> bool:
@@ -84,27 +93,33 @@ def meets(expectation: str, c: VariantCounts, fault: bool) -> bool:
 
 
 async def send_direct(settings: Settings, prefix: str, variants: tuple[str, ...], task_params: dict | None = None,
-                      replica: int | None = None, tasks: int = TASKS, events: int = EVENTS) -> Ledger:
+                      replica: int | None = None, tasks: int = TASKS, events: int = EVENTS, agents: int = 1) -> Ledger:
     """All events of each task at once, to one replica's port (replica given) or the gateway, with
-    task params; retried until acked like the burst client's sends."""
+    task params; retried until acked like the burst client's sends. agents > 1: that many agent
+    ids per task (<AGENT>-1, -2, ...), each sending `events` events."""
     ledger = Ledger()
     connector = aiohttp.TCPConnector(limit=min(600, raise_fd_limit() // 2))
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def one(variant: str, task_id: str, seq: int) -> None:
+        async def one(variant: str, task_id: str, seq: int, agent: str | None = None) -> None:
             body = event_send(task_id, str(uuid.uuid4()), seq, f"message {seq}")
             if task_params:
                 body["params"]["task"]["params"] = task_params
+            if agent:
+                p = body["params"]
+                p["agent"] = {**p["agent"], "id": agent, "name": agent}
+                p["task"]["agent_id"] = p["event"]["agent_id"] = agent
             url = (f"http://{settings.host}:{settings.pod_port(variant, replica)}/api" if replica
                    else f"{settings.gateway_url}/{variant}/api")
             for attempt in range(8):
                 status, reply, _ = await post_once(session, url, body)
                 if classify(status, reply) is Outcome.ACKED:
-                    ledger.record(variant, task_id, body["params"]["event"]["id"])
+                    ledger.record(variant, task_id, body["params"]["event"]["id"], agent)
                     return
                 ledger.retries += 1
                 await asyncio.sleep(0.2 * 2 ** attempt)
             ledger.errors.append(f"{variant} {task_id}/{seq}: not acked")
-        await asyncio.gather(*(one(v, f"{prefix}{n:04d}", s) for v in variants for n in range(tasks)
+        await asyncio.gather(*(one(v, f"{prefix}{n:04d}", s, f"{AGENT['id']}-{a}" if agents > 1 else None)
+                               for v in variants for n in range(tasks) for a in range(1, agents + 1)
                                for s in range(1, events + 1)))
     return ledger
 
@@ -150,6 +165,9 @@ async def run_scenario(settings: Settings, scenario: str, run: str, variants: tu
         ledger = await with_faults(settings, run_burst(settings.gateway_url, prefix, TASKS, EVENTS, variants,
                                                        spread_s=3.0),
                                    [kill_pod(settings, runtime, v) for v in variants])
+    elif scenario == "multi-agent":
+        ledger = await send_direct(settings, prefix, variants, MULTI_AGENT["params"], events=MULTI_AGENT["events"],
+                                   agents=MULTI_AGENT["agents"])
     else:  # worker-kill
         ledger = await with_faults(settings, run_burst(settings.gateway_url, prefix, TASKS, EVENTS, variants,
                                                        spread_s=3.0),
@@ -158,7 +176,8 @@ async def run_scenario(settings: Settings, scenario: str, run: str, variants: tu
     fault = scenario in ("pod-kill", "worker-kill")
     cells = {}
     for v in variants:
-        c = results[v]
+        # the multi-agent tasks keep a task-level state: the checker counts them as "<variant>+shared"
+        c = results.get(v + SHARED_SUFFIX, VariantCounts(v)) if scenario == "multi-agent" else results[v]
         expectation = EXPECTED[v][scenario]
         cells[v] = {"counts": c.as_dict(), "expected": expectation, "ok": quiescent and meets(expectation, c, fault)}
     return {"scenario": scenario, "prefix": prefix, "started_at": started, "ended_at": time.time(),
@@ -225,7 +244,8 @@ async def run_matrix(settings: Settings, scenarios: tuple[str, ...]) -> dict:
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "variants": list(settings.variants),
            "scenarios": []}
     for scenario in scenarios:
-        variants = tuple(v for v in settings.variants if scenario != "worker-kill" or v in WORKERS)
+        variants = tuple(v for v in settings.variants if (scenario != "worker-kill" or v in WORKERS)
+                         and (scenario != "multi-agent" or v in SHARED_STATE))
         if not variants:
             continue
         t = time.monotonic()

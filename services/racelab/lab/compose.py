@@ -18,9 +18,21 @@ from pathlib import Path
 
 import yaml
 
-# the compose files run the design card's three (the zoo runs natively: make up VARIANTS=all)
-from ..config import DEFAULT_VARIANTS as VARIANTS, Settings
-from .topology import GATEWAY_HEALTHZ, GATEWAY_PROXY, SCRAPE_INTERVAL, Service, services
+# Every variant has its pods in the compose file; the design card's three run by default, the race
+# zoo's under compose profiles: `zoo` (all of them) and each variant's own name (the Makefile turns
+# VARIANTS=all into COMPOSE_PROFILES=zoo, VARIANTS=locked,queue into COMPOSE_PROFILES=locked,queue).
+from ..config import ALL_VARIANTS as VARIANTS, DEFAULT_VARIANTS, Settings
+from .topology import GATEWAY_HEALTHZ, GATEWAY_PROXY, SCRAPE_INTERVAL, Service, max_connections, services
+
+ZOO_PROFILE = "zoo"
+# what a variant's pods need besides the schema (the queue workers: Redis)
+POD_NEEDS = {"locked": ("redis",), "lock-only": ("redis",), "cursor-skip": ("redis",), "queue": ("redis",),
+             "temporal": ("temporal",), "temporal-naive": ("temporal",)}
+
+
+def profiles(variant: str) -> list[str]:
+    """The compose profiles that start a variant's services: none for the default three."""
+    return [] if variant in DEFAULT_VARIANTS else [ZOO_PROFILE, variant]
 
 ROOT = Path(__file__).resolve().parents[3]
 APP_PORT = 8000  # every Python service listens here inside its container
@@ -69,6 +81,9 @@ PYTHON_ENV = {
     "RACELAB_GATEWAY_URL": "http://gateway:8080",
     "RACELAB_MODEL_LATENCY_MS": "${RACELAB_MODEL_LATENCY_MS:-50}",
     "RACELAB_MODEL_JITTER_MS": "${RACELAB_MODEL_JITTER_MS:-20}",
+    # the running variants, for the checker and the clients run in its container (the Makefile sets
+    # it with COMPOSE_PROFILES; empty: the default three)
+    "RACELAB_VARIANTS": "${RACELAB_VARIANTS:-}",
 }
 
 
@@ -126,7 +141,7 @@ def compose_doc(settings: Settings) -> dict:
         "image": "postgres:${POSTGRES_VERSION}",
         "environment": {"POSTGRES_USER": "racelab", "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD}",
                         "POSTGRES_DB": "racelab"},
-        "command": ["postgres", "-c", "max_connections=300"],
+        "command": ["postgres", "-c", f"max_connections={max_connections(settings)}"],  # every variant's pools
         "volumes": ["pgdata:/var/lib/postgresql/data"],
         # over TCP, as the dependants connect: on a fresh volume the image's entrypoint first runs a
         # temporary server for initdb with listen_addresses='' (unix socket only), which a
@@ -169,19 +184,21 @@ def compose_doc(settings: Settings) -> dict:
         "restart": "no",
     }
     for variant in VARIANTS:
-        needs = dict(schema_done)
-        if variant == "locked":
-            needs["redis"] = healthy
-        if variant == "temporal":
-            needs["temporal"] = healthy
+        needs = {**schema_done, **{dep: healthy for dep in POD_NEEDS.get(variant, ())}}
         s[f"pod-{variant}"] = python_service(by_name[f"pod-{variant}"], needs)
+        if profiles(variant):
+            s[f"pod-{variant}"]["profiles"] = profiles(variant)
     s["worker"] = python_service(by_name["worker"], {**schema_done, "temporal": healthy})
+    s["queue-worker"] = {**python_service(by_name["queue-worker"], {**schema_done, "redis": healthy}),
+                         "profiles": profiles("queue")}
     s["checker"] = python_service(by_name["checker"], dict(schema_done))
     s["gateway"] = {
         "image": "nginx:${NGINX_VERSION}",
         "volumes": ["./compose/nginx.conf:/etc/nginx/nginx.conf:ro"],
         "ports": [published("GATEWAY_PORT", 8080)],
-        "depends_on": {f"pod-{v}": healthy for v in VARIANTS},
+        # the zoo's pods may not run (profiles): nginx resolves every pod per request, so it starts
+        # without them, and a request to a variant not started gets its JSON-RPC 503
+        "depends_on": {f"pod-{v}": healthy for v in DEFAULT_VARIANTS},
         "healthcheck": healthcheck(wget_probe("http://127.0.0.1:8080/healthz")),
     }
     s["prometheus"] = {
@@ -249,7 +266,10 @@ def compose_doc(settings: Settings) -> dict:
 
 def compose_nginx_conf() -> str:
     """The gateway inside compose: Docker's DNS re-resolved every few seconds, so every replica
-    (and a scaled one) gets traffic; nginx round-robins over the addresses a name resolves to."""
+    (and a scaled one) gets traffic; nginx round-robins over the addresses a name resolves to.
+    A variant whose pods were not started (a zoo profile not enabled) has no name to resolve:
+    nginx still starts (nothing is resolved at start) and answers its requests with the gateway's
+    JSON-RPC 503 (error_page 502: "no pod of this variant answered")."""
     locations = "\n".join(
         f"        location /{v}/ {{\n"
         f"            set $pods pod-{v};\n"
@@ -282,6 +302,7 @@ def compose_prometheus_conf() -> str:
             "scrape_configs:\n"
             + dns_job("pods", [f"pod-{v}" for v in VARIANTS], APP_PORT)
             + dns_job("workers", ["worker"], APP_PORT)
+            + dns_job("queue-workers", ["queue-worker"], APP_PORT)  # a name not running: no targets
             + dns_job("checker", ["checker"], APP_PORT)
             + "  - job_name: temporal\n    static_configs:\n      - targets: ['temporal:7235']\n")
 
@@ -292,7 +313,8 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def rendered() -> dict[Path, str]:
-    settings = Settings(state_dir=Path("/unused"))  # the defaults, never this shell's environment
+    # the defaults, never this shell's environment; every variant (the zoo's behind profiles)
+    settings = Settings(state_dir=Path("/unused"), variants=VARIANTS)
     compose = HEADER + yaml.dump(compose_doc(settings), Dumper=_NoAliases, sort_keys=False, width=120,
                                  default_flow_style=None)
     return {ROOT / "docker-compose.yml": compose,

@@ -59,7 +59,10 @@ def supervisor_conf(settings: Settings, svcs: list[Service]) -> str:
             lines += [
                 f"[program:{inst.name}]",
                 f"command={shlex.join(inst.argv)}",
-                "autostart=false", "autorestart=true", "startsecs=1", "startretries=3",
+                "autostart=false", "autorestart=true", "startsecs=1",
+                # an orchestrator keeps restarting: a pod killed while PostgreSQL is down must
+                # come back once it is up (supervisor waits 1 s more before each retry)
+                "startretries=20",
                 f"stopsignal={svc.stop_signal}", "stopwaitsecs=20", "stopasgroup=true", "killasgroup=true",
                 "redirect_stderr=true", f"stdout_logfile={logs / (inst.name + '.log')}",
                 "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=1",
@@ -274,7 +277,8 @@ def up(settings: Settings) -> int:
             for inst in insts:  # wait=False: start them all at once, the health wait follows
                 rpc.startProcess(inst.name, False)
             try:
-                asyncio.run(wait_healthy(insts, settings))
+                # a user's agent imports agentex-sdk (litellm, openai-agents...): tens of seconds on a busy machine
+                asyncio.run(wait_healthy(insts, settings, timeout_s=180.0 if settings.agent_path else 60.0))
             except LabError as exc:
                 for name in (exc.args[1] if len(exc.args) > 1 else []):
                     say(f"--- last lines of {name}.log ---\n{log_tail(settings, name)}")

@@ -4,7 +4,9 @@ keyed per (task, agent) as the seed keys it; no cursor, no fencing token.
 Safe while every handler finishes within the lock's timeout. When processing outlives it (a
 paused pod, a slow model call; the lab's knobs: task.params.model_latency_ms and
 task.params.lock_ttl_s), a second handler takes the expired lock, reads the state the first has
-not written yet, and one of the two updates is lost: nothing stops the late writer."""
+not written yet, and one of the two updates is lost: nothing stops the late writer. And state
+shared by several agents of a task (task.params.shared_state) is not protected at all: the
+agents hold different locks."""
 from __future__ import annotations
 
 import time
@@ -15,7 +17,7 @@ from redis.exceptions import LockError
 from .. import db, metrics
 from ..model import model_latency_ms
 from ..protocol import Event
-from ..state import apply_events
+from ..state import apply_events, state_agent
 from . import Variant
 
 
@@ -69,11 +71,12 @@ class LockOnly(Variant):
         started = time.perf_counter()
         pool = self.ctx.pool
         try:
-            row = await db.read_state(pool, self.name, event.task_id, event.agent_id)
+            owner = state_agent(event.task_params, event.agent_id)  # shared_state: the task's one state
+            row = await db.read_state(pool, self.name, event.task_id, owner)
             await self.ctx.model.call(pool, self.name, event.task_id, event.agent_id, [event.event_id],
                                       model_latency_ms(event.task_params))
             state = apply_events(row["state"] if row else None, [event.event_id])
-            await db.write_state(pool, self.name, event.task_id, event.agent_id, state)  # no fence
+            await db.write_state(pool, self.name, event.task_id, owner, state)  # no fence
         finally:
             try:
                 await lock.release()

@@ -19,6 +19,8 @@ that dies holding a lock blocks its task for seconds, not a long TTL; the sweepe
 pods then drains what the dead pod acked.
 Within one pod, triggers for the same task are coalesced into one drainer, so a burst of 30
 events costs a few lock round trips, not 30.
+The lock and the cursor are keyed per (task, agent), as the seed's Option 1 keys its lock: state
+several agents of a task share (task.params.shared_state) is not protected by them.
 """
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ from redis.exceptions import LockError
 
 from .. import db, metrics
 from ..protocol import Event
-from ..state import apply_events
+from ..state import SHARED_AGENT, apply_events, state_agent
 from . import Variant
 
 log = logging.getLogger("racelab.locked")
-Key = tuple[str, str]  # (task_id, agent_id)
+Key = tuple[str, str, str]  # (task_id, agent_id, whose state: agent_id, or "*" with task.params.shared_state)
 
 
 class Locked(Variant):
@@ -59,7 +61,7 @@ class Locked(Variant):
 
     def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
         # A re-sent event is woken too: if the first delivery's drain failed, this one recovers it.
-        self.wake((event.task_id, event.agent_id))
+        self.wake((event.task_id, event.agent_id, state_agent(event.task_params, event.agent_id)))
 
     def wake(self, key: Key) -> None:
         self._wanted.add(key)
@@ -78,7 +80,7 @@ class Locked(Variant):
             self._drainers.pop(key, None)
 
     async def drain(self, key: Key) -> None:
-        task_id, agent_id = key
+        task_id, agent_id, owner = key
         settings = self.ctx.settings
         lock = self.redis.lock(f"racelab:lock:{task_id}:{agent_id}", timeout=settings.lock_ttl_s,
                                blocking_timeout=settings.lock_wait_s, sleep=0.005)
@@ -94,7 +96,7 @@ class Locked(Variant):
         renewer = asyncio.create_task(self._renew(lock, lease, key))
         try:
             fence = await db.take_fence(self.ctx.pool, self.name, task_id, agent_id)
-            while await self.process_batch(task_id, agent_id, fence, lease) == settings.batch_limit:
+            while await self.process_batch(task_id, agent_id, owner, fence, lease) == settings.batch_limit:
                 pass  # a full batch: there may be more
         finally:
             renewer.cancel()
@@ -120,7 +122,7 @@ class Locked(Variant):
                 log.warning("lease of %s lost (%r): no further model call under it", key, exc)
                 return
 
-    async def process_batch(self, task_id: str, agent_id: str, fence: int, lease: "Lease") -> int:
+    async def process_batch(self, task_id: str, agent_id: str, owner: str, fence: int, lease: "Lease") -> int:
         """Process the events after the cursor; return how many were applied (0 when there is
         nothing to do or this holder is stale)."""
         pool = self.ctx.pool
@@ -141,7 +143,7 @@ class Locked(Variant):
                 self.name, task_id, agent_id, cursor, self.ctx.settings.batch_limit)
             if not events:
                 return 0
-            row = await db.read_state(conn, self.name, task_id, agent_id)
+            row = await db.read_state(conn, self.name, task_id, owner)
         event_ids = [e["event_id"] for e in events]
         await self.ctx.model.call(pool, self.name, task_id, agent_id, event_ids)  # one call serves the batch
         new_state = apply_events(row["state"] if row else None, event_ids)
@@ -154,7 +156,7 @@ class Locked(Variant):
                 log.warning("stale lock holder for %s/%s (fence %d, now %s): batch dropped",
                             task_id, agent_id, fence, tracker and tracker["fence"])
                 return 0
-            await db.write_state(conn, self.name, task_id, agent_id, new_state)
+            await db.write_state(conn, self.name, task_id, owner, new_state)
             await db.advance_cursor(conn, self.name, task_id, agent_id, events[-1]["seq"], fence,
                                     f"processed batch of {len(events)} events")
         now = time.time()
@@ -167,23 +169,26 @@ class Locked(Variant):
 
     async def _sweep_forever(self) -> None:
         """Safety net: wake tasks whose events wait behind the cursor for a while (a drain that
-        failed on a database error, a pod that died after its ack)."""
+        failed on a database error, a pod that died after its ack). The shared_state knob is not
+        in the event log: a task that has a task-level state row is taken to use it."""
         interval = self.ctx.settings.sweep_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
                 rows = await self.ctx.pool.fetch(
-                    """SELECT t.task_id, t.agent_id FROM tasks t
+                    """SELECT t.task_id, t.agent_id, COALESCE(sh.agent_id, t.agent_id) AS owner FROM tasks t
                        LEFT JOIN trackers tr USING (variant, task_id, agent_id)
+                       LEFT JOIN task_states sh ON sh.variant = t.variant AND sh.task_id = t.task_id
+                                                AND sh.agent_id = $3
                        WHERE t.variant = $1 AND t.last_event_at < clock_timestamp() - make_interval(secs => $2)
                        AND EXISTS (SELECT 1 FROM events e WHERE e.variant = t.variant AND e.task_id = t.task_id
                                    AND e.agent_id = t.agent_id AND e.seq > COALESCE(tr.last_processed_seq, 0))""",
-                    self.name, interval)
+                    self.name, interval, SHARED_AGENT)
             except Exception:
                 log.exception("sweep failed")
                 continue
             for row in rows:
-                self.wake((row["task_id"], row["agent_id"]))
+                self.wake((row["task_id"], row["agent_id"], row["owner"]))
 
 
 class Lease:

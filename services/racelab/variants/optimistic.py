@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from .. import db, metrics
 from ..model import model_latency_ms
 from ..protocol import Event
-from ..state import apply_events
+from ..state import SHARED_AGENT, apply_events, state_agent
 from . import Variant
 
 log = logging.getLogger("racelab.optimistic")
@@ -43,10 +43,14 @@ class Optimistic(Variant):
     def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
         if fresh:  # a re-sent event is its first delivery's (or the sweeper's) to apply
             self.spawn(self.handle(event.task_id, event.agent_id, event.event_id, acked_at,
-                                   model_latency_ms(event.task_params)), f"{self.name} {event.event_id}")
+                                   model_latency_ms(event.task_params), state_agent(event.task_params, event.agent_id)),
+                       f"{self.name} {event.event_id}")
 
     async def handle(self, task_id: str, agent_id: str, event_id: str, accepted_at: float,
-                     latency_ms: float | None = None) -> None:
+                     latency_ms: float | None = None, owner: str | None = None) -> None:
+        """owner: whose state (agent_id, or "*": task.params.shared_state, the task's one state;
+        the version check covers every agent's writes to it)."""
+        owner = owner or agent_id
         pool = self.ctx.pool
         started = time.perf_counter()
         if not await pool.fetchval("SELECT 1 FROM effects WHERE variant = $1 AND task_id = $2 AND event_id = $3",
@@ -56,11 +60,11 @@ class Optimistic(Variant):
             await self.ctx.model.call(pool, self.name, task_id, agent_id, [event_id], latency_ms)
         attempt = 0
         while True:
-            row = await db.read_state(pool, self.name, task_id, agent_id)
+            row = await db.read_state(pool, self.name, task_id, owner)
             if row is not None and event_id in row["state"]["history"]:
                 return  # applied already (by a sweeper's or an earlier handler's write)
             state = apply_events(row["state"] if row else None, [event_id])
-            if await self.write_if_unchanged(task_id, agent_id, state, row["version"] if row else None):
+            if await self.write_if_unchanged(task_id, owner, state, row["version"] if row else None):
                 break
             CONFLICTS.labels(self.name).inc()
             attempt += 1
@@ -89,18 +93,22 @@ class Optimistic(Variant):
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # pods out of step
             try:
                 rows = await self.ctx.pool.fetch(
-                    """SELECT e.task_id, e.agent_id, e.event_id, extract(epoch FROM e.accepted_at)::float8 AS t
+                    """SELECT e.task_id, e.agent_id, e.event_id, extract(epoch FROM e.accepted_at)::float8 AS t,
+                              COALESCE(sh.agent_id, e.agent_id) AS owner
                        FROM events e LEFT JOIN task_states s USING (variant, task_id, agent_id)
+                       LEFT JOIN task_states sh ON sh.variant = e.variant AND sh.task_id = e.task_id
+                                                AND sh.agent_id = $3
                        WHERE e.variant = $1 AND e.accepted_at < clock_timestamp() - make_interval(secs => $2)
                        AND e.accepted_at > clock_timestamp() - interval '1 hour'
-                       AND NOT COALESCE(s.state->'history' ? e.event_id, false)""", self.name, ORPHAN_AGE_S)
+                       AND NOT COALESCE(COALESCE(sh.state, s.state)->'history' ? e.event_id, false)""",
+                    self.name, ORPHAN_AGE_S, SHARED_AGENT)
             except Exception:
                 log.exception("sweep failed")
                 continue
             for r in rows:
                 log.warning("event %s of %s not applied %.0f s after its ack: applying it", r["event_id"],
                             r["task_id"], ORPHAN_AGE_S)
-                self.spawn(self.handle(r["task_id"], r["agent_id"], r["event_id"], r["t"]), "sweep")
+                self.spawn(self.handle(r["task_id"], r["agent_id"], r["event_id"], r["t"], owner=r["owner"]), "sweep")
 
 
 VARIANT = Optimistic

@@ -5,7 +5,7 @@ temporal variant's signal: acked means logged and enqueued). Queue workers
 (`python -m racelab.variants.queue`, ≥ 2 processes) read the stream through one consumer group,
 so each entry goes to one worker; a worker applies the entries of one task one after another.
 A task is never processed on two workers at once: the apply runs in a transaction holding the
-task's state row lock (SELECT ... FOR UPDATE), and skips an event already in the history, so an
+task's state row lock (with task.params.shared_state, the one row all agents of the task share) (SELECT ... FOR UPDATE), and skips an event already in the history, so an
 entry delivered twice (reclaimed, re-sent) is applied once. The effect row is written only after
 that check, under the lock: a model call is repeated only when a worker dies between the call
 and its commit. Entries a worker read and never acknowledged (it was killed) are taken over by
@@ -27,7 +27,7 @@ from .. import db, metrics
 from ..config import Settings
 from ..model import Model, model_latency_ms
 from ..protocol import Event
-from ..state import apply_events, initial_state
+from ..state import apply_events, initial_state, state_agent
 from . import Variant
 
 log = logging.getLogger("racelab.queue")
@@ -67,6 +67,7 @@ class Queue(Variant):
         latency = model_latency_ms(event.task_params)
         await self.redis.xadd(STREAM, {"task_id": event.task_id, "agent_id": event.agent_id,
                                        "event_id": event.event_id, "accepted_at": repr(accepted_at),
+                                       "state_agent": state_agent(event.task_params, event.agent_id),
                                        "model_latency_ms": "" if latency is None else repr(latency)})
 
 
@@ -139,14 +140,15 @@ class QueueWorker:
 
     async def apply(self, f: dict) -> None:
         task_id, agent_id, event_id = f["task_id"], f["agent_id"], f["event_id"]
+        owner = f.get("state_agent") or agent_id  # "*": the task's shared state (task.params.shared_state)
         started = time.perf_counter()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO task_states (variant, task_id, agent_id, state) VALUES ($1, $2, $3, $4)
-                   ON CONFLICT DO NOTHING""", NAME, task_id, agent_id, initial_state())
+                   ON CONFLICT DO NOTHING""", NAME, task_id, owner, initial_state())
             row = await conn.fetchrow(
                 """SELECT state FROM task_states WHERE variant = $1 AND task_id = $2 AND agent_id = $3
-                   FOR UPDATE""", NAME, task_id, agent_id)  # the task is ours until commit
+                   FOR UPDATE""", NAME, task_id, owner)  # the task (its state) is ours until commit
             if event_id in row["state"]["history"]:
                 return  # applied already: a reclaimed or re-sent entry
             if not await self._logged(event_id):
@@ -154,7 +156,7 @@ class QueueWorker:
                 return
             await self.model.call(self.pool, NAME, task_id, agent_id, [event_id],
                                   float(f["model_latency_ms"]) if f.get("model_latency_ms") else None)
-            await db.write_state(conn, NAME, task_id, agent_id, apply_events(row["state"], [event_id]))
+            await db.write_state(conn, NAME, task_id, owner, apply_events(row["state"], [event_id]))
         metrics.STATE_WRITES.labels(NAME).inc()
         metrics.APPLY_SECONDS.labels(NAME).observe(time.time() - float(f["accepted_at"]))
         metrics.HANDLER_SECONDS.labels(NAME).observe(time.perf_counter() - started)

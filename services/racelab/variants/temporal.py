@@ -21,6 +21,7 @@ from temporalio.service import RPCError
 from .. import metrics
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, TASK_QUEUE, WORKFLOW_NAME
 from ..protocol import Event, TaskRef
+from ..state import state_agent
 from . import Variant
 
 log = logging.getLogger("racelab.temporal")
@@ -33,7 +34,9 @@ RELAY_SIGNAL_TIMEOUT_S = 10.0  # a relay pass gives up on a Temporal that does n
 
 
 def workflow_input(variant: str, ref: TaskRef) -> dict:
-    return {"variant": variant, "task_id": ref.task_id, "agent_id": ref.agent_id,
+    # the workflow is the task's (id = task id): with task.params.shared_state it keeps the
+    # task's one state (agent "*"), otherwise the state of the agent that started it
+    return {"variant": variant, "task_id": ref.task_id, "agent_id": state_agent(ref.task_params, ref.agent_id),
             # lab knob: continue-as-new after this many events (0 = when Temporal suggests it)
             "continue_as_new_after": int(ref.task_params.get("continue_as_new_after") or 0)}
 

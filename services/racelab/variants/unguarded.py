@@ -7,7 +7,7 @@ import time
 
 from .. import db, metrics
 from ..protocol import Event
-from ..state import apply_events
+from ..state import apply_events, state_agent
 from . import Variant
 
 
@@ -22,10 +22,11 @@ class Unguarded(Variant):
     async def handle(self, event: Event, acked_at: float) -> None:
         started = time.perf_counter()
         pool = self.ctx.pool
-        row = await db.read_state(pool, self.name, event.task_id, event.agent_id)
+        owner = state_agent(event.task_params, event.agent_id)  # the agent's state, or the task's shared one
+        row = await db.read_state(pool, self.name, event.task_id, owner)
         state = row["state"] if row else None
         await self.ctx.model.call(pool, self.name, event.task_id, event.agent_id, [event.event_id])
-        await db.write_state(pool, self.name, event.task_id, event.agent_id, apply_events(state, [event.event_id]))
+        await db.write_state(pool, self.name, event.task_id, owner, apply_events(state, [event.event_id]))
         metrics.STATE_WRITES.labels(self.name).inc()
         metrics.APPLY_SECONDS.labels(self.name).observe(time.time() - acked_at)
         metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
