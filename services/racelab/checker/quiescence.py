@@ -51,7 +51,7 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             if progress and now - last_report >= 2.0:
                 last_report = now
                 progress("waiting for quiescence: " + ", ".join(
-                    f"{c.variant} {c.applied}/{c.accepted}" for c in results.values()))
+                    f"{c.variant} {c.applied}/{c.accepted}" for c in results.values() if c.accepted))
             await asyncio.sleep(poll_s)
 
 

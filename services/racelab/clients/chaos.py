@@ -25,13 +25,14 @@ from .. import db
 from ..checker.counts import VariantCounts, compute
 from ..checker.quiescence import GUARDED, wait_for_quiescence
 from ..checker.read import snapshot
-from ..config import Settings
+from ..config import DEFAULT_VARIANTS, Settings
 from ..nemesis.faults import KINDS, TARGETED, Fault
 from ..nemesis.record import FaultRecord, inject
 from ..nemesis.runtimes import runtime_for
 from .burst import register_run, run_burst
 
 RECOVERY_LIMIT_S = 15.0
+IN_FLIGHT_AFTER_S = 0.2  # when the second count of events in flight is taken, after the fault
 
 
 @dataclass
@@ -114,12 +115,23 @@ async def chaos_one(settings: Settings, kind: str, variants: tuple[str, ...], ta
     sending = asyncio.create_task(run_burst(settings.gateway_url, prefix, tasks, events, variants,
                                             spread_s=spread_s, dup_rate=dup_rate, ledger_path=ledger_path))
     await asyncio.sleep(spread_s * fault_at)
-    in_flight = await unapplied_now(settings.pg_dsn, prefix, variants)
+    before = await unapplied_now(settings.pg_dsn, prefix, variants)
     faults = faults_for(kind, variants)
-    say(f"chaos: {kind}: injecting {', '.join(str(f) for f in faults)} ({sum(in_flight.values())} events in flight)")
-    records = list(await asyncio.gather(*(
+    say(f"chaos: {kind}: injecting {', '.join(str(f) for f in faults)} ({sum(before.values())} events in flight)")
+    injecting = asyncio.gather(*(
         inject(settings, runtime, f, run_id=prefix, log_path=run_dir / "faults.jsonl" if run_dir else None)
-        for f in faults)))
+        for f in faults))
+    # In flight at the fault: accepted and not applied when it struck. Counted just before the
+    # fault and again just after it (the first count takes a moment, and events keep arriving);
+    # the larger is the bound on duplicate side effects. After a kill of PostgreSQL there is no
+    # second count.
+    await asyncio.sleep(IN_FLIGHT_AFTER_S)
+    try:
+        after = await asyncio.wait_for(unapplied_now(settings.pg_dsn, prefix, variants), 2.0)
+    except Exception:
+        after = {}
+    in_flight = {v: max(before.get(v, 0), after.get(v, 0)) for v in variants}
+    records = list(await injecting)
     ledger = await sending
     for r in records:
         say(f"chaos: {kind}: {r.target} " + (f"back after {r.down_s:.1f} s" if r.back_at else f"FAILED: {r.error}"))
@@ -148,7 +160,8 @@ def main() -> None:
     from .load import results_root
     parser = argparse.ArgumentParser(description="a burst per fault kind, the fault mid-burst, then the counts")
     parser.add_argument("--fault", action="append", choices=KINDS, help="repeatable; default every kind")
-    parser.add_argument("--variant", action="append", help="repeatable; default the running variants")
+    parser.add_argument("--variant", action="append",
+                        help="repeatable; default the design card's three (unguarded, locked, temporal) that run")
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--events", type=int, default=40, help="events per task")
     parser.add_argument("--spread", type=float, default=4.0, help="seconds each burst is spread over")
@@ -156,7 +169,7 @@ def main() -> None:
     parser.add_argument("--dup-rate", type=float, default=0.05, help="share of acked events redelivered")
     args = parser.parse_args()
     settings = Settings.from_env()
-    variants = tuple(args.variant or settings.variants)
+    variants = tuple(args.variant or [v for v in DEFAULT_VARIANTS if v in settings.variants])
     unknown = sorted(set(variants) - set(settings.variants))
     if unknown:
         parser.error(f"variant(s) {', '.join(unknown)} not running; running: {', '.join(settings.variants)}")
