@@ -125,7 +125,9 @@ class VariantUser(FastHttpUser):
                 "params": {"agent": AGENT, "task": {"id": task_id},
                            "event": {"id": event_id, "task_id": task_id, "agent_id": AGENT["id"],
                                      "sequence_id": sequence_id,
-                                     "content": {"type": "text", "author": "user", "content": f"message {sequence_id}"},
+                                     # the task id in the text: a model stub links a call to its event by it
+                                     "content": {"type": "text", "author": "user",
+                                                 "content": f"message {sequence_id} of {task_id}"},
                                      "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}
 
     def attempt(self, body: dict, name: str, attempt: int) -> tuple[Outcome, float | None]:

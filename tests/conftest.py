@@ -30,6 +30,7 @@ TEST_ENV = {
     "RACELAB_TEMPORAL_UI_PORT": str(TEST_PORT_BASE + 4),
     "RACELAB_TEMPORAL_METRICS_PORT": str(TEST_PORT_BASE + 5),
     "RACELAB_PROMETHEUS_PORT": str(TEST_PORT_BASE + 6),
+    "RACELAB_TEMPORAL_HTTP_PORT": str(TEST_PORT_BASE + 7),
     "RACELAB_POD_BASE_PORT": str(TEST_PORT_BASE + 100),
     # every variant, for the race zoo's tests (tests/test_zoo.py); `make test VARIANTS=...` narrows it
     "RACELAB_VARIANTS": os.environ.get("RACELAB_VARIANTS") or "all",

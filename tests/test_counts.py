@@ -198,3 +198,33 @@ def test_a_task_level_state_is_matched_against_every_agent_of_its_task():
     state = {"processing_count": 4, "history": ["e1", "e2", "e3", "e4"], "applied_at": [101] * 4}
     c = compute(events, [FinalState("locked", "t1", "*", state)], effects, ledger=ledger)["locked+shared"]
     assert c.safe and (c.tasks, c.applied, c.duplicates) == (1, 4, 0)
+
+
+def test_a_shared_task_is_counted_under_one_label_even_beside_a_per_agent_row():
+    """task/create wrote an empty per-agent state before the shared one took the events: the
+    task is counted once, as "<variant>+shared" (the incremental checker relies on one label)."""
+    events = [LoggedEvent("locked", "t1", "a1", "e1", 1, 100.0), LoggedEvent("locked", "t1", "a2", "e2", 1, 100.0)]
+    states = [FinalState("locked", "t1", "a1", {"processing_count": 0, "history": [], "applied_at": []}),
+              FinalState("locked", "t1", "*", {"processing_count": 2, "history": ["e1", "e2"], "applied_at": [101, 102]})]
+    effects = [EffectCount("locked", "t1", a, e, 1) for a, e in (("a1", "e1"), ("a2", "e2"))]
+    got = compute(events, states, effects)
+    assert set(got) == {"locked+shared"}
+    c = got["locked+shared"]
+    assert (c.tasks, c.accepted, c.applied, c.lost, c.phantoms) == (1, 2, 2, 0, 0) and c.safe
+
+
+def test_fault_window_in_flight_and_recovery():
+    from racelab.checker.faults import fault_window
+    # fault at 10, component back at 12
+    events = [LoggedEvent("locked", "t1", "a", eid, i, at) for i, (eid, at) in
+              enumerate([("done-before", 8.0), ("in-flight", 9.5), ("after-fault", 11.0), ("after-back", 13.0)])]
+    state = {"history": ["done-before", "in-flight", "after-fault", "after-back"],
+             "applied_at": [9.0, 12.5, 15.0, 13.1], "processing_count": 4}
+    w = fault_window(events, [FinalState("locked", "t1", "a", state)], 10.0, 12.0)["locked"]
+    # in flight: accepted by 10 and applied after it; recovery: the events accepted by 12 were all
+    # applied by 15 (3 s after it was back); the one accepted after 12 does not count
+    assert w == {"in_flight": 1, "recovery_s": 3.0}
+    lossy = dict(state, history=["done-before", "in-flight", "after-back"], applied_at=[9.0, 12.5, 13.1])
+    w = fault_window(events, [FinalState("locked", "t1", "a", lossy)], 10.0, 12.0)["locked"]
+    assert w == {"in_flight": 1, "recovery_s": None}  # after-fault was never applied
+    assert fault_window(events, [], 10.0, None)["locked"] == {"in_flight": 2, "recovery_s": None}

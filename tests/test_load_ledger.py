@@ -170,16 +170,21 @@ async def test_locust_workers_keep_one_ledger_each_and_never_share_a_task(lab, t
 
 
 def test_recovery_after_the_last_fault(tmp_path):
-    from racelab.checker.counts import VariantCounts
+    from racelab.checker.counts import FinalState, LoggedEvent, VariantCounts
     from racelab.clients.load import recovery_after_faults
     log = tmp_path / "faults.jsonl"
-    assert recovery_after_faults(log, {}) is None  # no faults in the run
+    assert recovery_after_faults(log, {}, [], []) is None  # no faults in the run
     log.write_text('{"kind": "kill-redis", "target": "redis", "at": 100.0, "back_at": 101.0}\n'
                    '{"kind": "kill-pod", "target": "pod-locked-1", "at": 110.0, "back_at": 113.0}\n')
-    done_late = VariantCounts("locked", accepted=5, applied=5, last_applied_at=118.5)
-    done_early = VariantCounts("temporal", accepted=5, applied=5, last_applied_at=112.0)
-    lossy = VariantCounts("unguarded", accepted=5, applied=2, lost=3, last_applied_at=119.0)
-    got = recovery_after_faults(log, {"locked": done_late, "temporal": done_early, "unguarded": lossy})
-    assert got == {"locked": 5.5, "temporal": 0.0, "unguarded": None}
+    events = [LoggedEvent("locked", "t", "a", "e1", 1, 109.0), LoggedEvent("locked", "t", "a", "e2", 2, 112.0),
+              LoggedEvent("locked", "t", "a", "e3", 3, 120.0), LoggedEvent("unguarded", "u", "a", "x", 1, 111.0)]
+    states = [FinalState("locked", "t", "a", {"history": ["e1", "e2", "e3"], "applied_at": [109.5, 118.5, 121.0],
+                                              "processing_count": 3}),
+              FinalState("unguarded", "u", "a", {"history": [], "applied_at": [], "processing_count": 0})]
+    results = {"locked": VariantCounts("locked", accepted=3, applied=3),
+               "unguarded": VariantCounts("unguarded", accepted=1, lost=1)}
+    # the last fault's component was back at 113: e2 (accepted 112) applied at 118.5 -> 5.5 s;
+    # e3 came after it and does not count; unguarded lost its event
+    assert recovery_after_faults(log, results, events, states) == {"locked": 5.5, "unguarded": None}
     log.write_text('{"kind": "kill-postgres", "target": "postgres", "at": 100.0, "back_at": null}\n')
-    assert recovery_after_faults(log, {"locked": done_late}) == {"locked": None}
+    assert recovery_after_faults(log, {"locked": results["locked"]}, events, states) == {"locked": None}

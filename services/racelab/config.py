@@ -74,6 +74,7 @@ class Settings:
     redis_port: int = 16379
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
+    temporal_http_port: int = 7243
     temporal_metrics_port: int = 7235
     prometheus_port: int = 9090
     pod_base_port: int = 18000
@@ -104,6 +105,7 @@ class Settings:
             redis_port=_int("RACELAB_REDIS_PORT", 16379),
             temporal_port=_int("RACELAB_TEMPORAL_PORT", 7233),
             temporal_ui_port=_int("RACELAB_TEMPORAL_UI_PORT", 8233),
+            temporal_http_port=_int("RACELAB_TEMPORAL_HTTP_PORT", 7243),
             temporal_metrics_port=_int("RACELAB_TEMPORAL_METRICS_PORT", 7235),
             prometheus_port=_int("RACELAB_PROMETHEUS_PORT", 9090),
             pod_base_port=_int("RACELAB_POD_BASE_PORT", 18000),

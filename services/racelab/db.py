@@ -13,7 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import asyncpg
 
 from .protocol import Event, TaskRef
-from .state import initial_state
+from .state import initial_state, state_agent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -203,9 +203,11 @@ async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
             """INSERT INTO tasks (variant, task_id, agent_id) VALUES ($1, $2, $3)
                ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = tasks.status
                RETURNING status""", variant, ref.task_id, ref.agent_id)
+        # where the variants keep this task's state: the agent's, or the task's one shared state
         await conn.execute(
             """INSERT INTO task_states (variant, task_id, agent_id, state) VALUES ($1, $2, $3, $4)
-               ON CONFLICT DO NOTHING""", variant, ref.task_id, ref.agent_id, initial_state())
+               ON CONFLICT DO NOTHING""", variant, ref.task_id, state_agent(ref.task_params, ref.agent_id),
+            initial_state())
         return status
 
 

@@ -46,6 +46,7 @@ from aiohttp import web
 from .. import db, metrics, protocol
 from ..checker import invariant
 from ..config import AGENT_VARIANT, Settings
+from ..pod.app import failure_response
 from . import schema
 
 log = logging.getLogger("racelab.agentex")
@@ -548,12 +549,15 @@ async def ensure_task(ctx: Ctx, pool, ref: protocol.TaskRef, rpc_id: Any) -> dic
             await forward(ctx, pool, "task/create", ref.task_id,
                           {"agent": await agent_shape(ctx, pool, ref.agent_id), "task": task_json(row),
                            "params": ref.task_params or None})
-            deadline = time.monotonic() + ctx.create_wait_s
-            while time.monotonic() < deadline and not await pool.fetchval(
-                    "SELECT 1 FROM agentex_states WHERE task_id = $1 AND agent_id = $2", ref.task_id, ref.agent_id):
-                await asyncio.sleep(0.05)
-        finally:
-            await pool.execute("UPDATE agentex_tasks SET ready = true WHERE id = $1", ref.task_id)
+        except BaseException:
+            # the agent never heard of the task: forget it, so the client's retry announces it again
+            await pool.execute("DELETE FROM agentex_tasks WHERE id = $1 AND NOT ready", ref.task_id)
+            raise
+        deadline = time.monotonic() + ctx.create_wait_s
+        while time.monotonic() < deadline and not await pool.fetchval(
+                "SELECT 1 FROM agentex_states WHERE task_id = $1 AND agent_id = $2", ref.task_id, ref.agent_id):
+            await asyncio.sleep(0.05)
+        await pool.execute("UPDATE agentex_tasks SET ready = true WHERE id = $1", ref.task_id)
     elif not row["ready"]:  # another delivery is creating it: wait as its client would
         deadline = time.monotonic() + ctx.create_wait_s + 30.0
         while time.monotonic() < deadline and not await pool.fetchval(
@@ -585,11 +589,10 @@ async def handle_api(request: web.Request) -> web.Response:
         log.warning("%s: %s", method, exc)
         body = protocol.RpcError(protocol.UNAVAILABLE, f"service unavailable: {exc}", rpc_id=rpc_id).body()
         return web.json_response(body, status=503, headers={"Retry-After": "1"})
-    except Exception:
-        log.exception("%s failed", method)
-        metrics.REQUESTS.labels(VARIANT, method, "error").inc()
-        return web.json_response(protocol.RpcError(protocol.INTERNAL_ERROR, "internal error", rpc_id=rpc_id).body(),
-                                 status=500)
+    except Exception as exc:  # a dependency down: 503 + Retry-After, as the lab's pods answer
+        outcome, response = failure_response(exc, method, rpc_id)
+        metrics.REQUESTS.labels(VARIANT, method, outcome).inc()
+        return response
     metrics.REQUESTS.labels(VARIANT, method, "ok").inc()
     if method == "event/send":
         metrics.ACK_SECONDS.labels(VARIANT).observe(time.perf_counter() - started)

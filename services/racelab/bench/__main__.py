@@ -46,6 +46,7 @@ from . import checker_scale, temporal_limit
 SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "21000", "RACELAB_PG_PORT": "21001", "RACELAB_REDIS_PORT": "21002",
                     "RACELAB_TEMPORAL_PORT": "21003", "RACELAB_TEMPORAL_UI_PORT": "21004",
                     "RACELAB_TEMPORAL_METRICS_PORT": "21005", "RACELAB_PROMETHEUS_PORT": "21006",
+                    "RACELAB_TEMPORAL_HTTP_PORT": "21007",
                     "RACELAB_POD_BASE_PORT": "21100"}
 
 

@@ -155,7 +155,11 @@ def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
     logged: dict[tuple, dict[str, LoggedEvent]] = defaultdict(dict)
     for e in events:
         logged[key_of(e.variant, e.task_id, e.agent_id)][e.event_id] = e
-    final = {(s.variant, s.task_id, s.agent_id): s.state for s in states}
+    # A shared task's state is its shared row: a per-agent row beside it (one that task/create
+    # wrote before the knob was seen, say) is not where its history must be, and a task is
+    # counted under one label only.
+    final = {(s.variant, s.task_id, s.agent_id): s.state for s in states
+             if s.agent_id == SHARED_AGENT or (s.variant, s.task_id) not in shared}
     effect_rows: dict[tuple, dict[str, int]] = defaultdict(dict)
     for f in effects:
         rows = effect_rows[key_of(f.variant, f.task_id, f.agent_id)]

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import db
-from ..checker.counts import VariantCounts, compute
+from ..checker.counts import VariantCounts
+from ..checker.faults import fault_window
 from ..checker.quiescence import GUARDED, wait_for_quiescence
 from ..checker.read import snapshot
 from ..config import DEFAULT_VARIANTS, Settings
@@ -32,7 +33,6 @@ from ..nemesis.runtimes import runtime_for
 from .burst import register_run, run_burst
 
 RECOVERY_LIMIT_S = 15.0
-IN_FLIGHT_AFTER_S = 0.2  # when the second count of events in flight is taken, after the fault
 
 
 @dataclass
@@ -40,11 +40,12 @@ class ChaosOutcome:
     kind: str
     task_prefix: str
     faults: list[FaultRecord]
-    in_flight: dict[str, int]                  # per variant: accepted, not yet applied, at the fault
+    in_flight: dict[str, int]                  # per variant: accepted by the fault, applied after it or never
     results: dict[str, VariantCounts]
     quiescent: bool
     send_errors: list[str] = field(default_factory=list)
     retries: int = 0
+    recovery: dict[str, float | None] = field(default_factory=dict)  # per variant, checker.faults
 
     @property
     def back_at(self) -> float | None:
@@ -52,14 +53,12 @@ class ChaosOutcome:
         return None if not backs or None in backs else max(backs)
 
     def recovery_s(self, variant: str) -> float | None:
-        """Seconds from the component being back until every acked event of the variant was
-        applied (0 when all were applied before it was back); None if some never were."""
+        """Seconds from the component being back until every event of the variant accepted by
+        then was applied (0 when all were applied before it was back); None if some never were."""
         c = self.results.get(variant)
-        if c is None or c.lost or c.broken_acks or self.back_at is None:
+        if c is None or c.lost or c.broken_acks:
             return None
-        if c.last_applied_at is None:
-            return 0.0
-        return max(0.0, c.last_applied_at - self.back_at)
+        return self.recovery.get(variant)
 
     def problems(self, variant: str) -> list[str]:
         """Why a guarded variant fails this fault (empty: it passes)."""
@@ -97,13 +96,6 @@ def faults_for(kind: str, variants: tuple[str, ...]) -> list[Fault]:
     return [Fault(kind, v) for v in variants] if kind in TARGETED else [Fault(kind)]
 
 
-async def unapplied_now(dsn: str, prefix: str, variants: tuple[str, ...]) -> dict[str, int]:
-    """Per variant: events accepted and not applied yet (grace 0: every one counts as lost)."""
-    async with db.connection(dsn) as conn:
-        counts = compute(*await snapshot(conn, prefix), variants=variants)
-    return {v: c.lost for v, c in counts.items()}
-
-
 async def chaos_one(settings: Settings, kind: str, variants: tuple[str, ...], tasks: int = 20, events: int = 40,
                     spread_s: float = 4.0, fault_at: float = 0.4, dup_rate: float = 0.05,
                     run_dir: Path | None = None, runtime=None, progress=None) -> ChaosOutcome:
@@ -115,30 +107,25 @@ async def chaos_one(settings: Settings, kind: str, variants: tuple[str, ...], ta
     sending = asyncio.create_task(run_burst(settings.gateway_url, prefix, tasks, events, variants,
                                             spread_s=spread_s, dup_rate=dup_rate, ledger_path=ledger_path))
     await asyncio.sleep(spread_s * fault_at)
-    before = await unapplied_now(settings.pg_dsn, prefix, variants)
     faults = faults_for(kind, variants)
-    say(f"chaos: {kind}: injecting {', '.join(str(f) for f in faults)} ({sum(before.values())} events in flight)")
-    injecting = asyncio.gather(*(
+    say(f"chaos: {kind}: injecting {', '.join(str(f) for f in faults)}")
+    records = list(await asyncio.gather(*(
         inject(settings, runtime, f, run_id=prefix, log_path=run_dir / "faults.jsonl" if run_dir else None)
-        for f in faults))
-    # In flight at the fault: accepted and not applied when it struck. Counted just before the
-    # fault and again just after it (the first count takes a moment, and events keep arriving);
-    # the larger is the bound on duplicate side effects. After a kill of PostgreSQL there is no
-    # second count.
-    await asyncio.sleep(IN_FLIGHT_AFTER_S)
-    try:
-        after = await asyncio.wait_for(unapplied_now(settings.pg_dsn, prefix, variants), 2.0)
-    except Exception:
-        after = {}
-    in_flight = {v: max(before.get(v, 0), after.get(v, 0)) for v in variants}
-    records = list(await injecting)
+        for f in faults)))
     ledger = await sending
     for r in records:
         say(f"chaos: {kind}: {r.target} " + (f"back after {r.down_s:.1f} s" if r.back_at else f"FAILED: {r.error}"))
     results, quiescent = await wait_for_quiescence(settings.pg_dsn, prefix, settle_s=3.0, timeout_s=120,
                                                    ledger=ledger.entries(), progress=say)
-    return ChaosOutcome(kind, prefix, records, in_flight, {v: results[v] for v in variants}, quiescent,
-                        ledger.errors, ledger.retries)
+    # events in flight at the fault and the recovery after it, event by event from the log and
+    # the states (not from counts taken while it happened)
+    backs = [r.back_at for r in records]
+    async with db.connection(settings.pg_dsn) as conn:
+        logged, states, _ = await snapshot(conn, prefix)
+    window = fault_window(logged, states, min(r.at for r in records), None if None in backs else max(backs), variants)
+    return ChaosOutcome(kind, prefix, records, {v: window[v]["in_flight"] for v in variants},
+                        {v: results[v] for v in variants}, quiescent, ledger.errors, ledger.retries,
+                        {v: window[v]["recovery_s"] for v in variants})
 
 
 COLUMNS = ("fault", "variant", "acked", "broken_acks", "lost", "duplicate_applications", "duplicate_side_effects",

@@ -31,6 +31,8 @@ from ..checker.counts import table
 from ..checker.ledger import read_ledger
 from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
 from ..lab.topology import venv_binary
+from ..checker.faults import fault_window
+from ..checker.read import snapshot
 from .burst import register_run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -134,24 +136,26 @@ def stop_nemesis(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
     return proc.returncode
 
 
-def recovery_after_faults(faults_log: Path, results: dict) -> dict | None:
-    """Per variant: seconds from the last fault's component being back until every acked event
-    was applied (0 if all were applied before); None for a variant that lost events or a fault
-    whose component never came back. None overall when the run had no faults."""
+def recovery_after_faults(faults_log: Path, results: dict, events, states) -> dict | None:
+    """Per variant: seconds from the last fault's component being back until every event accepted
+    by then was applied (0 if all were applied before; checker.faults); None for a variant that
+    lost or broke an ack, or when that component never came back. None overall when the run had
+    no faults."""
     if not faults_log.exists():
         return None
     faults = [json.loads(line) for line in faults_log.read_text().splitlines() if line.strip()]
     if not faults:
         return None
-    backs = [f.get("back_at") for f in faults]
-    back = None if None in backs else max(backs)
-    out = {}
-    for variant, c in results.items():
-        if back is None or c.lost or c.broken_acks:
-            out[variant] = None
-        else:
-            out[variant] = round(max(0.0, (c.last_applied_at or back) - back), 2)
-    return out
+    last = max(faults, key=lambda f: f["at"])
+    window = fault_window(events, states, last["at"], last.get("back_at"), results)
+    return {v: None if (c.lost or c.broken_acks or window[v]["recovery_s"] is None)
+            else round(window[v]["recovery_s"], 2) for v, c in results.items()}
+
+
+async def run_snapshot(dsn: str, prefix: str):
+    async with db.connection(dsn) as conn:
+        events, states, _ = await snapshot(conn, prefix)
+    return events, states
 
 
 def main() -> None:
@@ -227,7 +231,10 @@ def main() -> None:
         {"quiescent": quiescent, "ok": not problems, "variants": {v: c.as_dict() for v, c in shown.items()}},
         indent=2) + "\n")
     print(table(shown))
-    recovery = recovery_after_faults(run_dir / "faults.jsonl", shown)
+    recovery = None
+    if (run_dir / "faults.jsonl").exists():
+        recovery = recovery_after_faults(run_dir / "faults.jsonl", shown,
+                                         *asyncio.run(run_snapshot(settings.pg_dsn, prefix)))
     if recovery is not None:
         run["recovery_s"] = recovery
         (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")

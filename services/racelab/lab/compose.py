@@ -125,7 +125,7 @@ SCHEMA_ATTEMPTS = 60
 def temporal_command(svc: Service) -> list[str]:
     """The native dev server's arguments (pragmas, log level, UI settings), with the container's
     address, fixed ports and the database file on the volume."""
-    fixed = {"--ip": "0.0.0.0", "--port": "7233", "--ui-port": "8233", "--metrics-port": "7235",
+    fixed = {"--ip": "0.0.0.0", "--port": "7233", "--ui-port": "8233", "--metrics-port": "7235", "--http-port": "7243",
              "--db-filename": f"{TEMPORAL_DATA}/temporal.db"}
     argv = [a.format(port=7233) for a in svc.argv[1:]]
     return [fixed.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]

@@ -103,13 +103,15 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
         Service("temporal", "infra",
                 (venv_binary("temporal"), "server", "start-dev", "--ip", host, "--port", "{port}",
                  "--ui-port", str(settings.temporal_ui_port), "--db-filename", str(p["temporal"] / "temporal.db"),
+                 # its HTTP API port, else a random free one: in the kernel's ephemeral range
+                 "--http-port", str(settings.temporal_http_port),
                  "--metrics-port", str(settings.temporal_metrics_port), "--log-level", "warn",
                  # WAL with synchronous=normal: durable across a crash of the server process (not
                  # of the machine); took signal-with-start ingest from ~50 to ~100 events/s here
                  "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
                  "--ui-disable-news-fetch"),  # the UI must not reach out to the network
                 (settings.temporal_port,), "temporal",
-                extra_ports=(settings.temporal_ui_port, settings.temporal_metrics_port)),
+                extra_ports=(settings.temporal_ui_port, settings.temporal_metrics_port, settings.temporal_http_port)),
     ]
     for variant in settings.variants:
         if variant == AGENT_VARIANT:  # the user's agent and the lab's Agentex API in front of it

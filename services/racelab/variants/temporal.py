@@ -57,8 +57,10 @@ class TemporalVariant(Variant):
     async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
         # Every delivery, re-sends too: if the first one's signal was somehow lost, this one
         # brings it; the workflow dedupes.
-        payload = {**event.to_payload(), "accepted_at": accepted_at,
-                   "task_params": event.task_params}
+        # Only what the workflow needs: the event's content stays in the event log, so a signal
+        # (or a bundle of them, or an activity's batch) never nears Temporal's payload limit.
+        payload = {"event_id": event.event_id, "task_id": event.task_id, "agent_id": event.agent_id,
+                   "sequence_id": event.sequence_id, "accepted_at": accepted_at, "task_params": event.task_params}
         await conn.execute(
             """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
                ON CONFLICT (variant, event_id) DO NOTHING""",
@@ -123,7 +125,7 @@ class TemporalVariant(Variant):
         first = payloads[0]
         ref = TaskRef(first["agent_id"], first["task_id"], first.get("task_params") or {})
         now = time.time()
-        events = [{**{k: p[k] for k in ("event_id", "task_id", "agent_id", "sequence_id", "content", "accepted_at")},
+        events = [{**{k: p.get(k) for k in ("event_id", "task_id", "agent_id", "sequence_id", "accepted_at")},
                    "signalled_at": now} for p in payloads]
         await self.client.start_workflow(
             WORKFLOW_NAME, workflow_input(self.name, ref), id=ref.task_id, task_queue=TASK_QUEUE,

@@ -17,6 +17,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from ..state import SHARED_AGENT
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, WORKFLOW_NAME
 
 BATCH_LIMIT = 50
@@ -52,7 +53,10 @@ class TaskWorkflow:
     async def run(self, params: dict) -> dict:
         task = {k: params[k] for k in ("variant", "task_id", "agent_id")}
         loaded = await workflow.execute_activity("load_state", task, **ACTIVITY_OPTIONS)
-        version: int = loaded["version"]
+        # The state of each agent of the task, by its agent id ("*": the task's one shared
+        # state, task.params.shared_state): the workflow is the task's, its events may come from
+        # several agents, and each agent's events go to that agent's state.
+        versions: dict[str, int] = {task["agent_id"]: loaded["version"]}
         applied = set(loaded["history"])
         runs = params.get("runs", 0) + 1
         # Signals can arrive before run() starts. Re-queue them after the events carried over
@@ -69,10 +73,25 @@ class TaskWorkflow:
             # the lab knob continue_as_new_after counts events exactly: a batch never crosses it
             limit = min(BATCH_LIMIT, can_after - applied_this_run) if can_after else BATCH_LIMIT
             batch, self._pending = self._pending[:limit], self._pending[limit:]
-            version = await workflow.execute_activity(
-                "apply_events", {**task, "events": batch, "version": version, "workflow_runs": runs},
-                **ACTIVITY_OPTIONS)
-            applied.update(e["event_id"] for e in batch)
+            by_owner: dict[str, list[dict]] = {}
+            for e in batch:
+                owner = task["agent_id"] if task["agent_id"] == SHARED_AGENT else e.get("agent_id") or task["agent_id"]
+                by_owner.setdefault(owner, []).append(e)
+            for owner, events in by_owner.items():
+                if owner not in versions:  # another agent of the task: its state and history first
+                    got = await workflow.execute_activity("load_state", {**task, "agent_id": owner},
+                                                          **ACTIVITY_OPTIONS)
+                    versions[owner] = got["version"]
+                    applied.update(got["history"])
+                    self._known.update(got["history"])
+                events = [e for e in events if e["event_id"] not in applied]
+                if not events:
+                    continue
+                versions[owner] = await workflow.execute_activity(
+                    "apply_events", {**task, "agent_id": owner, "events": events, "version": versions[owner],
+                                     "workflow_runs": runs},
+                    **ACTIVITY_OPTIONS)
+                applied.update(e["event_id"] for e in events)
             applied_this_run += len(batch)
             if workflow.info().is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after):
                 await workflow.wait_condition(workflow.all_handlers_finished)
