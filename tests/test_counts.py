@@ -182,11 +182,11 @@ def test_a_task_level_state_is_matched_against_every_agent_of_its_task():
     effects = [EffectCount("locked", "t1", agent, eid, 1) for agent, eid in
                (("a1", "e1"), ("a2", "e2"), ("a1", "e3"), ("a2", "e4"))]
     ledger = [LedgerEntry("locked", "t1", e.agent_id, e.event_id) for e in events]
-    # counted apart, as "locked+shared": what locked does to shared state never mixes with its
+    # counted apart, as "locked@shared": what locked does to shared state never mixes with its
     # per-(task, agent) guarantee
     got = compute(events, [FinalState("locked", "t1", "*", state)], effects, variants=("locked",), ledger=ledger)
     assert got["locked"].tasks == 0 and got["locked"].safe
-    c = got["locked+shared"]
+    c = got["locked@shared"]
     assert (c.tasks, c.accepted, c.applied, c.lost, c.phantoms, c.unworked, c.duplicates, c.counter_drift,
             c.acked, c.broken_acks) == (1, 4, 3, 1, 0, 0, 0, -1, 4, 0)
     # the same rows with per-agent states would be a different story: without the shared marker
@@ -196,20 +196,20 @@ def test_a_task_level_state_is_matched_against_every_agent_of_its_task():
     assert (c.tasks, c.lost, c.phantoms) == (2, 3, 2)
     # every event applied once to the shared state: safe, whatever agent each came from
     state = {"processing_count": 4, "history": ["e1", "e2", "e3", "e4"], "applied_at": [101] * 4}
-    c = compute(events, [FinalState("locked", "t1", "*", state)], effects, ledger=ledger)["locked+shared"]
+    c = compute(events, [FinalState("locked", "t1", "*", state)], effects, ledger=ledger)["locked@shared"]
     assert c.safe and (c.tasks, c.applied, c.duplicates) == (1, 4, 0)
 
 
 def test_a_shared_task_is_counted_under_one_label_even_beside_a_per_agent_row():
     """task/create wrote an empty per-agent state before the shared one took the events: the
-    task is counted once, as "<variant>+shared" (the incremental checker relies on one label)."""
+    task is counted once, as "<variant>@shared" (the incremental checker relies on one label)."""
     events = [LoggedEvent("locked", "t1", "a1", "e1", 1, 100.0), LoggedEvent("locked", "t1", "a2", "e2", 1, 100.0)]
     states = [FinalState("locked", "t1", "a1", {"processing_count": 0, "history": [], "applied_at": []}),
               FinalState("locked", "t1", "*", {"processing_count": 2, "history": ["e1", "e2"], "applied_at": [101, 102]})]
     effects = [EffectCount("locked", "t1", a, e, 1) for a, e in (("a1", "e1"), ("a2", "e2"))]
     got = compute(events, states, effects)
-    assert set(got) == {"locked+shared"}
-    c = got["locked+shared"]
+    assert set(got) == {"locked@shared"}
+    c = got["locked@shared"]
     assert (c.tasks, c.accepted, c.applied, c.lost, c.phantoms) == (1, 2, 2, 0, 0) and c.safe
 
 

@@ -124,12 +124,12 @@ def inversions(values: list[int]) -> int:
     return sort_count(values)[1]
 
 
-SHARED_SUFFIX = "+shared"
+SHARED_SUFFIX = "@shared"  # no regex metacharacter: dashboards match variants with =~
 
 
 def counted_as(variant: str, agent_id: str) -> str:
     """The label a task's counts are summed under: a task-level (shared) state is counted apart,
-    as "<variant>+shared", so a design's per-(task, agent) guarantee and what it does to state
+    as "<variant>@shared", so a design's per-(task, agent) guarantee and what it does to state
     that agents share are never mixed (the matrix's multi-agent case loses updates on purpose)."""
     return variant + SHARED_SUFFIX if agent_id == SHARED_AGENT else variant
 

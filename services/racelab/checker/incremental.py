@@ -193,7 +193,7 @@ class IncrementalCounts:
             self.young_tasks.discard(key)
             if not counts:  # nothing left of the task (cannot happen while rows are never deleted)
                 continue
-            (label, c), = counts.items()  # one task: one label, its variant's or "<variant>+shared"
+            (label, c), = counts.items()  # one task: one label, its variant's or "<variant>@shared"
             applied_ids = {eid for s in sts for eid in (s.state.get("history") or [])}
             young = sorted(e.accepted_at for e in evs if e.accepted_at > horizon and e.event_id not in applied_ids)
             values = (c.tasks, c.accepted, c.applied, c.lost, c.duplicates, c.duplicate_applications,

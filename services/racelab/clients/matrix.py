@@ -176,7 +176,7 @@ async def run_scenario(settings: Settings, scenario: str, run: str, variants: tu
     fault = scenario in ("pod-kill", "worker-kill")
     cells = {}
     for v in variants:
-        # the multi-agent tasks keep a task-level state: the checker counts them as "<variant>+shared"
+        # the multi-agent tasks keep a task-level state: the checker counts them as "<variant>@shared"
         c = results.get(v + SHARED_SUFFIX, VariantCounts(v)) if scenario == "multi-agent" else results[v]
         expectation = EXPECTED[v][scenario]
         cells[v] = {"counts": c.as_dict(), "expected": expectation, "ok": quiescent and meets(expectation, c, fault)}

@@ -22,6 +22,8 @@ from .naive_activities import NaiveActivities
 from .naive_workflow import NaiveTaskWorkflow
 from .workflow import TaskWorkflow
 
+MAX_CACHED_WORKFLOWS = 100
+
 
 async def serve(port: int) -> None:
     settings = Settings.from_env()
@@ -35,7 +37,11 @@ async def serve(port: int) -> None:
     worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow, NaiveTaskWorkflow],
                     activities=[activities.load_state, activities.apply_events, naive.respond],
                     # a workflow whose sticky worker was killed moves to another worker this soon
-                    sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
+                    sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
+                    # a task's workflow runs until the task is cancelled: the cache of workflows
+                    # (1000 by default) would keep growing with the tasks (seen in make soak); an
+                    # evicted one replays its history when its next event comes
+                    max_cached_workflows=MAX_CACHED_WORKFLOWS)
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 
