@@ -166,8 +166,10 @@ def render(run_dir: Path) -> Path:
         series = [("optimistic", suffix, points) for expr, suffix in queries
                   for variant, points in query_range(run["prometheus_url"], expr, start, end).items()
                   if variant == "optimistic"]
+        # the window reaches two scrapes (10 s) before the run: increase() counts from its first
+        # sample, which must predate the run's first conflicts (it may take in a few from just before)
         total = query_range(run["prometheus_url"], "sum by (variant) (increase(racelab_optimistic_conflicts_total"
-                            f"[{max(10, int(end - start))}s]))", end, end).get("optimistic", [(end, 0.0)])
+                            f"[{int(end - start) + 10}s]))", end, end).get("optimistic", [(end, 0.0)])
         plots.append(f"<figure data-plot='optimistic-conflicts'>"
                      f"{svg_plot(title, unit, series, ['optimistic'], run['started_at'], faults)}"
                      f"<figcaption>optimistic: {total[-1][1]:.0f} write conflicts in the run, each retried"
