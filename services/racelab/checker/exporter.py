@@ -51,6 +51,7 @@ FAULT_LAST = Gauge("racelab_fault_last_timestamp_seconds", "When the latest faul
                    ["kind", "target"])
 FAULT_DOWN = Gauge("racelab_fault_last_down_seconds",
                    "How long the target of the latest fault took to be back and healthy", ["kind", "target"])
+FULL_RECOUNT_EVERY = 100  # refreshes (5 min at the default 3 s)
 LAST_RUN = Gauge("racelab_checker_last_run_timestamp_seconds", "When the counts were last recomputed")
 RUN_SECONDS = Gauge("racelab_checker_run_seconds", "How long the last recomputation took")
 
@@ -80,9 +81,13 @@ async def export_faults(conn) -> None:
 async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None:
     # counted incrementally (racelab.checker.incremental): a refresh reads only what changed
     counter = IncrementalCounts(variants=VARIANTS, latencies=False)
+    refreshes = 0
     while True:
         started = time.perf_counter()
         try:
+            refreshes += 1
+            if refreshes % FULL_RECOUNT_EVERY == 0:
+                counter.reset()  # a safety net under the incremental counts: a full read now and then
             async with db.connection(dsn) as conn:
                 await counter.refresh(conn)
                 run = await newest_run(conn)

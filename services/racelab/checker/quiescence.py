@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from .. import db
 from ..config import Settings
 from .counts import VariantCounts
 from .incremental import IncrementalCounts
+
+log = logging.getLogger("racelab.checker")
 
 GUARDED = ("locked", "temporal")  # the design card's safe variants: make verify fails on them
 # Every variant documented to lose nothing (the zoo's safe ones too): before their unapplied
@@ -45,7 +48,16 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             safe_waiting = any(c.lost for v, c in results.items() if v in SAFE_VARIANTS)
             needed = max(settle_s, safe_settle_s) if safe_waiting else settle_s
             if stable_s >= needed or (all_applied and stable_s >= min(applied_settle_s, settle_s)):
-                return results, True
+                # The verdict comes from a full read: a fresh counter loads everything at once. If it
+                # sees what the incremental one did not, keep waiting with the fresh one.
+                fresh = IncrementalCounts(task_prefix, variants=Settings.from_env().variants, ledger=ledger)
+                await fresh.refresh(conn)
+                full = fresh.results()
+                if tuple(tuple(c.as_dict().values()) for c in full.values()) == key:
+                    return results, True
+                log.warning("the incremental counts differed from a full recount; counting on from the recount")
+                counter, last_key, stable_since = fresh, None, time.monotonic()
+                continue
             if now >= deadline:
                 return results, False
             if progress and now - last_report >= 2.0:
