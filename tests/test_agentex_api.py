@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestServer
 
 from racelab import db
 from racelab.agentex.api import build_app
-from racelab.checker.invariant import Invariant
 from racelab.modelstub.app import REPLY, build_app as build_stub
 
 

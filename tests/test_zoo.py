@@ -8,7 +8,7 @@ import pytest
 import pytest_asyncio
 
 from racelab import db
-from racelab.clients.burst import AGENT, burst_and_check, event_send
+from racelab.clients.burst import burst_and_check, event_send
 from racelab.nemesis.runtimes import NativeRuntime
 
 from helpers import counts_for, get_state, new_id, send_event

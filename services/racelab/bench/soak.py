@@ -34,7 +34,7 @@ from .. import db
 from ..checker.counts import percentile, table
 from ..checker.incremental import IncrementalCounts
 from ..checker.quiescence import GUARDED, verdict, wait_for_quiescence
-from ..clients.burst import AGENT, Ledger, event_send, register_run, send
+from ..clients.burst import Ledger, event_send, register_run, send
 from ..clients.load import lab_is_up, parse_duration, results_root
 from ..clients.retry import RetryPolicy
 from ..config import Settings

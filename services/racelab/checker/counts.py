@@ -134,10 +134,6 @@ def counted_as(variant: str, agent_id: str) -> str:
     return variant + SHARED_SUFFIX if agent_id == SHARED_AGENT else variant
 
 
-def base_variant(label: str) -> str:
-    return label[:-len(SHARED_SUFFIX)] if label.endswith(SHARED_SUFFIX) else label
-
-
 def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
             effects: Iterable[EffectCount], variants: Iterable[str] = (),
             now: float | None = None, grace_s: float = 0.0,

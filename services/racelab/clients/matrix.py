@@ -32,7 +32,6 @@ import sys
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import aiohttp
 
