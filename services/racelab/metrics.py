@@ -2,6 +2,8 @@
 per-task labels). Every label set is created at start so its series exist at 0."""
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -40,6 +42,18 @@ OUTCOMES = ("ok", "rejected", "unavailable", "error")  # unavailable: a dependen
 # timeout: not acquired in time; expired: gone at release; lease_lost: a renewal failed;
 # fenced: a stale holder stopped by the fencing token
 LOCK_FAILURE_REASONS = ("timeout", "expired", "lease_lost", "fenced")
+
+
+def observe_batch(variant: str, accepted_at: list[float], started: float) -> None:
+    """A batch of events written into a state by a cursor-style variant: its size, the writes,
+    each event's apply latency (accepted_at: epoch seconds) and the run's duration (started:
+    time.perf_counter() when the run began)."""
+    now = time.time()
+    BATCH_SIZE.labels(variant).observe(len(accepted_at))
+    STATE_WRITES.labels(variant).inc(len(accepted_at))
+    for t in accepted_at:
+        APPLY_SECONDS.labels(variant).observe(now - t)
+    HANDLER_SECONDS.labels(variant).observe(time.perf_counter() - started)
 
 
 async def handle_metrics(_: web.Request) -> web.Response:

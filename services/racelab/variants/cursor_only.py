@@ -48,12 +48,7 @@ class CursorOnly(Variant):
                                         f"processed batch of {len(events)} events")
         except db.CursorMovedBackwards:
             log.info("cursor of %s already past %d: another handler got further", task_id, events[-1]["seq"])
-        now = time.time()
-        metrics.BATCH_SIZE.labels(self.name).observe(len(events))
-        metrics.STATE_WRITES.labels(self.name).inc(len(events))
-        for e in events:
-            metrics.APPLY_SECONDS.labels(self.name).observe(now - e["accepted_at"])
-        metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        metrics.observe_batch(self.name, [e["accepted_at"] for e in events], started)
 
 
 VARIANT = CursorOnly

@@ -135,12 +135,7 @@ class CursorSkip(Variant):
                                  apply_events(row["state"] if row else None, event_ids))
             await db.advance_cursor(conn, self.name, task_id, agent_id, events[-1]["seq"], fence,
                                     f"processed batch of {len(events)} events")
-        now = time.time()
-        metrics.BATCH_SIZE.labels(self.name).observe(len(events))
-        metrics.STATE_WRITES.labels(self.name).inc(len(events))
-        for e in events:
-            metrics.APPLY_SECONDS.labels(self.name).observe(now - e["accepted_at"])
-        metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        metrics.observe_batch(self.name, [e["accepted_at"] for e in events], started)
         return len(events)
 
 
