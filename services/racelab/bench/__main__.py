@@ -37,7 +37,7 @@ from .. import db
 from ..checker.quiescence import wait_for_quiescence
 from ..config import ALL_VARIANTS, Settings
 from ..clients.burst import run_burst
-from ..clients.load import lab_is_up, results_root
+from ..clients.load import lab_is_up, link_latest, results_root
 from ..lab.native import lab_processes
 from ..lab.topology import find_binary, nginx_conf, paths
 from . import checker_scale, temporal_limit
@@ -302,10 +302,7 @@ def main() -> None:
     out_dir.mkdir(parents=True)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(text + "\n")
-    latest = results_root() / "bench-latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(out_dir.name)
+    link_latest(out_dir, "bench-latest")
     print(text)
     print(f"\nsaved in {out_dir} (results/bench-latest)")
 

@@ -35,7 +35,7 @@ from ..checker.counts import percentile, table
 from ..checker.incremental import IncrementalCounts
 from ..checker.quiescence import GUARDED, verdict, wait_for_quiescence
 from ..clients.burst import Ledger, event_send, register_run, send
-from ..clients.load import lab_is_up, parse_duration, results_root
+from ..clients.load import lab_is_up, link_latest, parse_duration, results_root
 from ..clients.retry import RetryPolicy
 from ..config import Settings
 from ..lab.native import lab_processes
@@ -209,10 +209,7 @@ def main() -> None:
     text = "\n".join(lines)
     (out_dir / "soak.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out_dir / "soak.md").write_text(text + "\n")
-    latest = results_root() / "soak-latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(out_dir.name)
+    link_latest(out_dir, "soak-latest")
     print(text)
     print(f"\nsaved in {out_dir} (results/soak-latest)")
     sys.exit(1 if failures else 0)

@@ -48,6 +48,14 @@ def results_root() -> Path:
     return Path(os.environ.get("RACELAB_RESULTS_DIR") or ROOT / "results")
 
 
+def link_latest(run_dir: Path, name: str = "latest") -> None:
+    """Point results/<name> at run_dir (a folder in results/): the newest run of its kind."""
+    latest = results_root() / name
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_dir.name)
+
+
 def parse_duration(text: str) -> float:
     """Locust's run-time syntax: 90, 90s, 2m, 1h30m."""
     parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
@@ -197,10 +205,7 @@ def main() -> None:
         asyncio.run(register_run(settings.pg_dsn, prefix, "load"))
     except OSError as exc:
         print(f"load: could not register the run in the lab ({exc}); its dashboards show the lab's totals only")
-    latest = results_root() / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(run_dir.name)
+    link_latest(run_dir)
     run = {"task_prefix": prefix, "users": args.users, "rate": args.rate, "duration": args.duration,
            "variants": list(args.variants), "host": host, "started_at": time.time(),
            "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
