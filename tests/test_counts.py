@@ -228,3 +228,20 @@ def test_fault_window_in_flight_and_recovery():
     w = fault_window(events, [FinalState("locked", "t1", "a", lossy)], 10.0, 12.0)["locked"]
     assert w == {"in_flight": 1, "recovery_s": None}  # after-fault was never applied
     assert fault_window(events, [], 10.0, None)["locked"] == {"in_flight": 2, "recovery_s": None}
+
+
+def test_a_shared_model_call_before_the_shared_state_makes_the_task_shared():
+    """A variant recorded its model call under the shared id before its first write of the shared
+    state: the task is shared already (one label), its events in flight, not lost to another label."""
+    events = [LoggedEvent("queue", "t1", "a1", "e1", 1, 100.0), LoggedEvent("queue", "t1", "a2", "e2", 1, 100.0)]
+    effects = [EffectCount("queue", "t1", "*", "e1", 1)]
+    got = compute(events, [], effects)
+    assert set(got) == {"queue@shared"}
+    c = got["queue@shared"]
+    assert (c.tasks, c.accepted, c.applied, c.lost) == (1, 2, 0, 2)
+
+
+def test_an_agent_named_like_the_shared_id_does_not_split_its_task():
+    events = [LoggedEvent("locked", "t1", "*", "e1", 1, 100.0), LoggedEvent("locked", "t1", "a2", "e2", 1, 100.0)]
+    states = [FinalState("locked", "t1", "a2", {"history": ["e2"], "applied_at": [101.0], "processing_count": 1})]
+    assert set(compute(events, states, [])) == {"locked@shared"}

@@ -140,10 +140,14 @@ def compute(events: Iterable[LoggedEvent], states: Iterable[FinalState],
             ledger: Iterable | None = None) -> dict[str, VariantCounts]:
     """ledger: LedgerEntry rows (racelab.checker.ledger) of the clients that sent these events;
     None when no client ledger is at hand (the live exporter), and then acked/broken_acks are None."""
-    states = list(states)
+    events, states, effects = list(events), list(states), list(effects)
+    ledger = None if ledger is None else list(ledger)
     # A task whose state is task-level (agent id SHARED_AGENT, task.params.shared_state): every
-    # agent's events, effects and acks of that task are matched against that one state.
-    shared = {(s.variant, s.task_id) for s in states if s.agent_id == SHARED_AGENT}
+    # agent's events, effects and acks of that task are matched against that one state. Any row
+    # under the shared id makes the task shared (a model call is recorded before the state's first
+    # write; a client may even name its agent "*"), so a task is never counted under two labels.
+    shared = {(r.variant, r.task_id) for r in (*events, *states, *effects, *(ledger or ()))
+              if r.agent_id == SHARED_AGENT}
 
     def key_of(variant: str, task_id: str, agent_id: str) -> tuple:
         return (variant, task_id, SHARED_AGENT) if (variant, task_id) in shared else (variant, task_id, agent_id)
