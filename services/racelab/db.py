@@ -47,8 +47,6 @@ CREATE TABLE IF NOT EXISTS task_states (
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (variant, task_id, agent_id)
 );
--- the incremental checker finds the states written since its last refresh by this
-CREATE INDEX IF NOT EXISTS task_states_by_update ON task_states (updated_at);
 -- Agent task trackers: the cursor of the locked variant, and the fencing token of the last
 -- lock holder that wrote (a holder whose Redis lock expired cannot write after a newer one).
 CREATE TABLE IF NOT EXISTS trackers (
@@ -97,6 +95,25 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (variant, event_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (variant, created_at);
+-- tx: the id of the transaction that last wrote the row (pg_current_xact_id() is the row's own
+-- xmin, assigned when it is first asked for). The incremental checker finds what changed since
+-- its last snapshot S by `tx >= pg_snapshot_xmin(S) AND NOT pg_visible_in_snapshot(tx, S)`:
+-- exact, whatever a writer's timestamps or sequence numbers say (a writer starved of CPU can take
+-- its clock_timestamp() or nextval() long before its transaction id, and commit later still).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS tx xid8 NOT NULL DEFAULT pg_current_xact_id();
+ALTER TABLE effects ADD COLUMN IF NOT EXISTS tx xid8 NOT NULL DEFAULT pg_current_xact_id();
+ALTER TABLE task_states ADD COLUMN IF NOT EXISTS tx xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS events_by_tx ON events (tx);
+CREATE INDEX IF NOT EXISTS effects_by_tx ON effects (tx);
+CREATE INDEX IF NOT EXISTS task_states_by_tx ON task_states (tx);
+DROP INDEX IF EXISTS task_states_by_update;
+CREATE OR REPLACE FUNCTION task_states_tx() RETURNS trigger AS $$
+BEGIN
+    NEW.tx := pg_current_xact_id();  -- every write path (variants, the Agentex API, a user's SQL)
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER task_states_tx BEFORE UPDATE ON task_states
+    FOR EACH ROW EXECUTE FUNCTION task_states_tx();
 -- Faults injected by the nemesis (racelab.nemesis): when, what, and when it was back.
 CREATE TABLE IF NOT EXISTS faults (
     id       bigserial PRIMARY KEY,
@@ -153,7 +170,9 @@ async def ensure_database(admin_dsn: str, dsn: str) -> None:
         await conn.close()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(SCHEMA)
+        async with conn.transaction():  # one at a time: concurrent ALTER/CREATE ... IF NOT EXISTS can collide
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('racelab schema'))")
+            await conn.execute(SCHEMA)
     finally:
         await conn.close()
 

@@ -7,15 +7,13 @@ tasks whose rows changed since the previous refresh and recomputes only those. T
 the same (event log, states, effects, the clients' ledgers) and nothing else is read.
 
 What changed since the previous refresh, exactly: each refresh runs in one REPEATABLE READ
-snapshot S_j; the rows to look at are the ones not visible in S_{j-1} (`xmin` not visible in
-that snapshot: pg_visible_in_snapshot). A BIGSERIAL can commit out of order, so "seq > the
-largest seq seen" alone would miss an event that got its seq before a later one and committed
-after the refresh; the snapshot test does not. To stay on an index, the scan starts at a lower
-bound on the mark (seq of events, id of effects, updated_at of states) that any row not visible
-in S_{j-1} must have: a writer that was not running at S_{j-1} took its mark after S_{j-2}
-(the mark of S_{j-2}); one that was running at S_{j-1} (in its xip list) took its mark after the
-refresh before the one where it was first seen running. A writer already running at the first
-(full) load has no such bound: the next refresh scans the whole table once for its xids.
+snapshot S_j; the rows to look at are the ones not visible in S_{j-1}. Every row carries `tx`,
+the id of the transaction that last wrote it (db.SCHEMA), and any transaction not visible in a
+snapshot has an id at or above that snapshot's xmin, so `tx >= pg_snapshot_xmin(S_{j-1})` bounds
+the scan on an index and `NOT pg_visible_in_snapshot(tx, S_{j-1})` keeps exactly the new rows.
+No timestamp or sequence number is trusted as a bound: a writer starved of CPU can take its
+clock_timestamp() or nextval() long before its transaction id, and commit later still (seen:
+a state written 5 ms "before" a refresh that could not yet see it).
 
 The unit recomputed is a task (variant, task id) with all of its agents: a task-level state
 (agent id "*", task.params.shared_state) is matched against every agent's events of its task.
@@ -38,8 +36,7 @@ SUMMED = ("tasks", "accepted", "applied", "unapplied", "duplicates", "duplicate_
           "duplicate_side_effects", "phantoms", "unworked", "counter_drift", "reordered", "acked", "broken_acks")
 KEEP_YOUNG_S = 120.0  # unapplied events younger than this keep their accepted_at (for `pending`)
 
-# table -> (mark column in SQL, mark kind); states use the snapshot's statement time as their mark
-TABLES = {"events": "seq", "effects": "id", "task_states": "updated_at"}
+TABLES = ("events", "effects", "task_states")  # each with tx, the id of its last writer (db.SCHEMA)
 
 
 @dataclass
@@ -79,8 +76,7 @@ class IncrementalCounts:
         self.totals: dict[str, list[int]] = defaultdict(lambda: [0] * len(SUMMED))
         self.young_tasks: set[tuple] = set()
         self._snapshot: str | None = None            # S_{j-1}, as text
-        self._marks: list[dict] = []                 # marks of S_{j-2}, S_{j-1} (oldest first)
-        self._xid_bounds: dict[int, dict | None] = {}  # xid running at S_{j-1} -> lower bound of its marks
+        self._sizes: tuple[int, int] = (0, 0)        # the largest event seq and effect id at S_{j-1}
         self._generation = 0
         self._pct_cache: tuple | None = None
         self.last_refresh_ms: float | None = None
@@ -92,55 +88,33 @@ class IncrementalCounts:
         started = time.perf_counter()
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             row = await conn.fetchrow(
-                """SELECT pg_current_snapshot()::text AS snap, extract(epoch FROM statement_timestamp())::float8 AS ts,
+                """SELECT pg_current_snapshot()::text AS snap,
                           (SELECT coalesce(max(seq), 0) FROM events) AS events,
                           (SELECT coalesce(max(id), 0) FROM effects) AS effects""")
-            marks = {"events": row["events"], "effects": row["effects"], "task_states": row["ts"]}
-            snap = row["snap"]
-            if self._marks and (marks["events"] < self._marks[-1]["events"]
-                                or marks["effects"] < self._marks[-1]["effects"]):
+            sizes = (row["events"], row["effects"])
+            if sizes[0] < self._sizes[0] or sizes[1] < self._sizes[1]:
                 self.reset()  # the tables shrank: another lab's data; count from scratch
             if self._snapshot is None:
                 dirty = await self._full_load(conn)
-                bound_for_new: dict | None = None  # writers running at a full load: no bound known
             else:
                 keys = await self._changed_keys(conn)
                 dirty = len(keys)
                 if keys:
                     await self._recount(conn, keys)
-                bound_for_new = self._marks[0]
-            xips = _xip(snap)
-            self._xid_bounds = {x: self._xid_bounds.get(x, bound_for_new) for x in xips}
-            self._marks = (self._marks + [marks])[-2:]
-            if len(self._marks) == 1:  # after the full load: S_{j-2} is the full load's too
-                self._marks = [marks, marks]
-            self._snapshot = snap
+            self._snapshot, self._sizes = row["snap"], sizes
         self._prune_young()
         self.last_refresh_ms = (time.perf_counter() - started) * 1000.0
         self.last_dirty = dirty
         return dirty
 
     async def _changed_keys(self, conn) -> set[tuple]:
+        """The tasks with a row written by a transaction that S_{j-1} could not see."""
         keys: set[tuple] = set()
-        unknown = any(b is None for b in self._xid_bounds.values())
-        for table, column in TABLES.items():
-            bounds = [self._marks[0][table]] + [b[table] for b in self._xid_bounds.values() if b is not None]
-            low = min(bounds)
-            if table == "task_states":
-                mark_sql = "updated_at > to_timestamp($3)"
-            else:
-                mark_sql = f"{column} > $3"
-            if unknown:  # a writer running since before the full load: look at its rows anywhere
-                xids = [x for x, b in self._xid_bounds.items() if b is None]
-                where = (f"(({mark_sql}) OR (xmin::text::bigint % 4294967296) = ANY($4::bigint[]))")
-                args = (self.like, self._snapshot, low, [x % 4294967296 for x in xids])
-            else:
-                where = mark_sql
-                args = (self.like, self._snapshot, low)
+        for table in TABLES:
             rows = await conn.fetch(
                 f"""SELECT DISTINCT variant, task_id FROM {table}
-                    WHERE {where} AND task_id LIKE $1
-                      AND NOT pg_visible_in_snapshot(xmin::text::xid8, $2::text::pg_snapshot)""", *args)
+                    WHERE tx >= pg_snapshot_xmin($2::text::pg_snapshot) AND task_id LIKE $1
+                      AND NOT pg_visible_in_snapshot(tx, $2::text::pg_snapshot)""", self.like, self._snapshot)
             keys.update((r["variant"], r["task_id"]) for r in rows)
         return keys
 
@@ -284,8 +258,3 @@ class IncrementalCounts:
                 c = out[variant]
                 c.apply_latency_p50_ms, c.apply_latency_p99_ms, c.last_applied_at = p50, p99, last_at
 
-
-def _xip(snapshot: str) -> list[int]:
-    """The running transaction ids of a pg_snapshot's text form 'xmin:xmax:xip,xip,...'."""
-    xip = snapshot.split(":", 2)[2]
-    return [int(x) for x in xip.split(",") if x]
