@@ -20,7 +20,11 @@ def make_app(dsn: str) -> web.Application:
 
     async def lifecycle(app):
         app["pool"] = await asyncpg.create_pool(dsn, min_size=2, max_size=10)
-        await app["pool"].execute("CREATE TABLE IF NOT EXISTS bench_bare (id bigserial PRIMARY KEY, body text)")
+        async with app["pool"].acquire() as conn, conn.transaction():
+            # the pods start together: concurrent CREATE TABLE IF NOT EXISTS can still collide in
+            # PostgreSQL's catalog (unique violation on pg_type), so one pod at a time
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('racelab.bench_bare'))")
+            await conn.execute("CREATE TABLE IF NOT EXISTS bench_bare (id bigserial PRIMARY KEY, body text)")
         yield
         await app["pool"].close()
 
