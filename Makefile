@@ -79,6 +79,14 @@ ifdef VARIANTS
 export COMPOSE_PROFILES := $(if $(filter all,$(VARIANTS)),zoo,$(VARIANTS))
 export RACELAB_VARIANTS := $(if $(filter all,$(VARIANTS)),all,unguarded$(comma)locked$(comma)temporal$(comma)$(VARIANTS))
 endif
+# AGENT=<path> with Docker Compose: compose/agent.yml on top (the Agentex API's pods, the model stub,
+# 3 replicas of the agent in an image of its own built from its folder; README "Test your own agent"),
+# for every compose command; the agent's name is its folder's, as natively (racelab.agentex.lab)
+ifdef AGENT
+export COMPOSE_FILE := docker-compose.yml:compose/agent.yml
+export RACELAB_AGENT_NAME ?= $(shell basename '$(RACELAB_AGENT)' | tr 'A-Z' 'a-z' | \
+	sed -e 's/[^a-z0-9-][^a-z0-9-]*/-/g' -e 's/^--*//' -e 's/--*$$//')
+endif
 
 compose-version:
 	@v=$$($(COMPOSE) version --short 2>/dev/null | sed 's/^v//'); \
@@ -108,6 +116,10 @@ urls:
 	@echo "prometheus    http://127.0.0.1:$(PROMETHEUS_PORT)"
 	@echo "temporal UI   http://127.0.0.1:$(TEMPORAL_UI_PORT)"
 	@echo "locust UI     http://127.0.0.1:$(LOCUST_PORT)   (during make load UI=1)"
+ifdef AGENT
+	@echo "agent         http://127.0.0.1:$(GATEWAY_PORT)/agent/api   ($(RACELAB_AGENT), 3 replicas as $(RACELAB_AGENT_NAME))"
+	@echo "agentex API   http://127.0.0.1:$(GATEWAY_PORT)/agentex"
+endif
 
 burst:
 	$(COMPOSE) exec -T checker python -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS)

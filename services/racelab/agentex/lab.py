@@ -58,18 +58,31 @@ def app_spec(agent_dir: Path) -> str:
     return APP_DEFAULT
 
 
-def agent_env(settings: Settings, replica: int, port: int) -> dict[str, str]:
-    """What the agent's replica gets, besides the lab's environment: its identity and every URL
-    it needs (AGENTEX_BASE_URL, REDIS_URL, the model stub as OPENAI_BASE_URL/OPENAI_API_BASE)."""
-    import os
-    model = model_url(settings)
-    return {"AGENT_NAME": agent_name(settings), "ACP_URL": f"http://{settings.host}", "ACP_PORT": str(port),
-            "ACP_TYPE": "async", "AGENTEX_BASE_URL": api_url(settings, replica), "REDIS_URL": settings.redis_url,
-            "TEMPORAL_ADDRESS": settings.temporal_address,
-            "OPENAI_BASE_URL": model, "OPENAI_API_BASE": model,
-            "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY") or "racelab-model-stub",
+def agent_env_for(name: str, acp_url: str, acp_port: int | str, agentex_url: str, redis_url: str, model: str,
+                  temporal_address: str, api_key: str) -> dict[str, str]:
+    """What every replica of the agent gets, natively (agent_env) and in compose (racelab.lab.compose):
+    its identity and every URL it needs (AGENTEX_BASE_URL, REDIS_URL, the model stub as
+    OPENAI_BASE_URL/OPENAI_API_BASE)."""
+    return {"AGENT_NAME": name, "ACP_URL": acp_url, "ACP_PORT": str(acp_port),
+            "ACP_TYPE": "async", "AGENTEX_BASE_URL": agentex_url, "REDIS_URL": redis_url,
+            "TEMPORAL_ADDRESS": temporal_address,
+            "OPENAI_BASE_URL": model, "OPENAI_API_BASE": model, "OPENAI_API_KEY": api_key,
             # litellm would fetch its model price map from the internet at import: the local copy
             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
+
+
+def agent_env(settings: Settings, replica: int, port: int) -> dict[str, str]:
+    """The native replica's environment, besides the lab's."""
+    import os
+    return agent_env_for(agent_name(settings), f"http://{settings.host}", port, api_url(settings, replica),
+                         settings.redis_url, model_url(settings), settings.temporal_address,
+                         os.environ.get("OPENAI_API_KEY") or "racelab-model-stub")
+
+
+def uvicorn_args(app: str, host: str, port: int | str, app_dir: str) -> list[str]:
+    """How a replica of the agent is started, after its interpreter (natively the agent's virtualenv,
+    in compose its own image): as its Dockerfile starts it, `uvicorn project.acp:acp`."""
+    return ["-m", "uvicorn", app, "--host", host, "--port", str(port), "--app-dir", app_dir, "--no-access-log"]
 
 
 def agent_services(settings: Settings, Service, python: str) -> list:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import Settings
 from .env import AgentEnvError, find
-from .lab import agent_env, api_url, app_spec
+from .lab import agent_env, api_url, app_spec, uvicorn_args
 
 
 def wait_for(url: str, timeout_s: float = 60.0) -> None:
@@ -50,8 +50,7 @@ def main() -> None:
     wait_for(api_url(settings, replica) + "/acp/healthz")
     os.chdir(agent_dir)
     python = str(venv / "bin" / "python")
-    argv = [python, "-m", "uvicorn", app_spec(agent_dir), "--host", settings.host, "--port", str(args.port),
-            "--app-dir", str(agent_dir), "--no-access-log"]
+    argv = [python, *uvicorn_args(app_spec(agent_dir), settings.host, args.port, str(agent_dir))]
     print(f"racelab: starting {args.name}: {' '.join(argv)}", flush=True)
     sys.stdout.flush()
     os.execve(python, argv, env)

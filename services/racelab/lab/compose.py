@@ -1,8 +1,10 @@
 """Docker Compose files derived from the services description (topology.py).
 
 `python -m racelab.lab.compose --write` (make compose-files) writes docker-compose.yml,
-compose/nginx.conf and compose/prometheus.yml; `--check` fails when the committed files differ
-from what the description gives, so native and compose cannot drift (the tests run it).
+compose/agent.yml, compose/nginx.conf and compose/prometheus.yml; `--check` fails when the
+committed files differ from what the description gives, so native and compose cannot drift (the
+tests run it). compose/agent.yml is the override that `make up AGENT=<path>` adds (COMPOSE_FILE):
+variant "agent", the user's own agentex-sdk agent, built from its folder in an image of its own.
 
 Every Python service of the topology becomes a compose service of the same name, with the
 same command (its port fixed at 8000 inside the container), the same replica count and the
@@ -21,7 +23,8 @@ import yaml
 # Every variant has its pods in the compose file; the design card's three run by default, the race
 # zoo's under compose profiles: `zoo` (all of them) and each variant's own name (the Makefile turns
 # VARIANTS=all into COMPOSE_PROFILES=zoo, VARIANTS=locked,queue into COMPOSE_PROFILES=locked,queue).
-from ..config import ALL_VARIANTS as VARIANTS, DEFAULT_VARIANTS, Settings
+from ..agentex.lab import APP_DEFAULT, agent_env_for, uvicorn_args
+from ..config import AGENT_VARIANT, ALL_VARIANTS as VARIANTS, DEFAULT_VARIANTS, Settings
 from .topology import GATEWAY_HEALTHZ, GATEWAY_PROXY, SCRAPE_INTERVAL, Service, max_connections, services
 
 ZOO_PROFILE = "zoo"
@@ -69,6 +72,9 @@ IMAGE_USERS = {
     "grafana/grafana": ImageUser(472, ("/var/lib/grafana",)),
     # this repository's Dockerfile: `useradd --uid 10001 racelab`, `USER 10001`
     "racelab-python": ImageUser(10001, ("/home/racelab",)),
+    # the user's agent (AGENT_DOCKERFILE below, on docker-library/python's slim image, which has no
+    # USER of its own, CMD ["python3"] and no ENTRYPOINT): `useradd --uid 10001 agent`, `USER 10001`
+    "racelab-agent": ImageUser(10001, ("/home/agent",)),
 }
 TEMPORAL_IMAGE = "temporalio/temporal:${TEMPORAL_VERSION}"
 TEMPORAL_DATA = "/data"
@@ -264,6 +270,96 @@ def compose_doc(settings: Settings) -> dict:
     return doc
 
 
+# ---------------------------------------------------------------- variant "agent": compose/agent.yml
+# `make up AGENT=<path>` with Docker adds this file (COMPOSE_FILE=docker-compose.yml:compose/agent.yml)
+# and exports RACELAB_AGENT (the folder, absolute) and RACELAB_AGENT_NAME (its name, as natively).
+AGENT_FILE = "compose/agent.yml"
+AGENT_MOUNT = "/agent"  # the agent's folder, read-only, where racelab's API and checker read racelab.toml
+AGENT_DIR = "${RACELAB_AGENT:?make up AGENT=<path to the agent> (RACELAB_AGENT) adds compose/agent.yml}"
+AGENT_NAME = "${RACELAB_AGENT_NAME:-agent}"
+AGENT_IMAGE = "racelab-agent:" + AGENT_NAME
+AGENT_APP_DIR = "/app"
+# What the agent's image is: the official python image (3.12: agentex-sdk needs it), the agent's own
+# dependencies as racelab.agentex.env reads them natively (pyproject.toml [project].dependencies, or
+# requirements.txt, and uvicorn), never racelab's; then its folder. Built with the agent's folder as
+# the context (its own .dockerignore applies), written inline so no path outside it is needed.
+AGENT_DEPENDENCIES = (
+    "import os, sys, tomllib; "
+    "deps = tomllib.load(open('pyproject.toml', 'rb')).get('project', {}).get('dependencies', []) "
+    "if os.path.isfile('pyproject.toml') else []; "
+    "deps += [line.strip() for line in open('requirements.txt') "
+    "if line.strip() and not line.strip().startswith(('#', '-'))] if os.path.isfile('requirements.txt') else []; "
+    "deps or sys.exit('the agent declares no dependencies (pyproject.toml [project].dependencies or "
+    "requirements.txt); it needs at least agentex-sdk'); "
+    "print(*sorted(set(deps)), 'uvicorn', sep=chr(10))")
+AGENT_DOCKERFILE = f"""\
+# The user's agent (make up AGENT=<path>): its own dependencies in its own image, never racelab's
+ARG PYTHON_VERSION=3.12-slim-bookworm
+FROM python:${{PYTHON_VERSION}}
+ENV PYTHONDONTWRITEBYTECODE=1 \\
+    PYTHONUNBUFFERED=1 \\
+    PIP_NO_CACHE_DIR=1 \\
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --create-home --uid 10001 agent
+WORKDIR {AGENT_APP_DIR}
+# its dependencies first, from its pyproject.toml (or requirements.txt) alone: cached across its source changes
+COPY pyproject.toml* requirements.txt* ./
+RUN python -c "{AGENT_DEPENDENCIES}" > /tmp/requirements.txt \\
+    && pip install --requirement /tmp/requirements.txt
+COPY . .
+USER 10001
+EXPOSE {APP_PORT}
+CMD ["python", "-m", "uvicorn", "{APP_DEFAULT}", "--host", "0.0.0.0", "--port", "{APP_PORT}"]
+"""
+# the lab's own services of variant "agent" (the Agentex API pods, the checker) read the agent's
+# racelab.toml and know its name
+AGENT_LAB_ENV = {"RACELAB_AGENT": AGENT_MOUNT, "RACELAB_AGENT_NAME": AGENT_NAME,
+                 "RACELAB_AGENT_CREATE_WAIT_S": "${RACELAB_AGENT_CREATE_WAIT_S:-3}"}
+AGENT_VOLUME = f"{AGENT_DIR}:{AGENT_MOUNT}:ro"
+
+
+def agent_settings() -> Settings:
+    return Settings(state_dir=Path("/unused"), variants=VARIANTS + (AGENT_VARIANT,), agent_path=AGENT_MOUNT)
+
+
+def agent_compose_doc() -> dict:
+    """The override for variant "agent": the Agentex-compatible API's pods (pod-agent), the model
+    stub and 3 replicas of the user's agent, as the native lab runs them (racelab.agentex.lab), and
+    what the lab's own services need to know of it."""
+    settings = agent_settings()
+    by_name = {s.name: s for s in services(settings)}
+    healthy = {"condition": "service_healthy"}
+    schema_done = {"schema": {"condition": "service_completed_successfully"}}
+    s: dict = {}
+    # every pool at its maximum, the agent's API pods included (as natively with AGENT=)
+    s["postgres"] = {"command": ["postgres", "-c", f"max_connections={max_connections(settings)}"]}
+    s[f"pod-{AGENT_VARIANT}"] = python_service(by_name[f"pod-{AGENT_VARIANT}"], dict(schema_done))
+    s[f"pod-{AGENT_VARIANT}"]["environment"].update(AGENT_LAB_ENV)
+    s[f"pod-{AGENT_VARIANT}"]["volumes"] = [AGENT_VOLUME]
+    s["modelstub"] = python_service(by_name["modelstub"], dict(schema_done))
+    native = by_name["agent"]  # natively racelab.agentex.launch, which execs the same uvicorn command
+    s["agent"] = {
+        "build": {"context": AGENT_DIR, "dockerfile_inline": AGENT_DOCKERFILE.replace("$", "$$"),
+                  "args": {"PYTHON_VERSION": "${AGENT_PYTHON_VERSION}"}},
+        "image": AGENT_IMAGE,
+        "command": ["python", *uvicorn_args("${RACELAB_AGENT_APP:-" + APP_DEFAULT + "}", "0.0.0.0", APP_PORT,
+                                            AGENT_APP_DIR)],
+        "environment": agent_env_for(AGENT_NAME, "http://agent", APP_PORT, f"http://pod-{AGENT_VARIANT}:{APP_PORT}",
+                                     PYTHON_ENV["RACELAB_REDIS_URL"], f"http://modelstub:{APP_PORT}/v1",
+                                     PYTHON_ENV["RACELAB_TEMPORAL_ADDRESS"],
+                                     "${OPENAI_API_KEY:-racelab-model-stub}"),
+        # it registers with the API at start-up (the SDK tries three times) and streams to Redis
+        "depends_on": {f"pod-{AGENT_VARIANT}": healthy, "modelstub": healthy, "redis": healthy},
+        # importing the SDK (and litellm) takes seconds
+        "healthcheck": healthcheck(python_probe(f"http://127.0.0.1:{APP_PORT}{native.health_path}"),
+                                   start_period="30s"),
+        "restart": "unless-stopped",
+        "deploy": {"replicas": native.replicas},
+    }
+    s["checker"] = {"environment": dict(AGENT_LAB_ENV), "volumes": [AGENT_VOLUME]}
+    return {"services": s}
+
+
 def compose_nginx_conf() -> str:
     """The gateway inside compose: Docker's DNS re-resolved every few seconds, so every replica
     (and a scaled one) gets traffic; nginx round-robins over the addresses a name resolves to.
@@ -276,6 +372,17 @@ def compose_nginx_conf() -> str:
         f"            rewrite ^/{v}/(.*)$ /$1 break;\n"
         f"            proxy_pass http://$pods:{APP_PORT};\n"
         f"        }}" for v in VARIANTS)
+    # variant "agent" (compose/agent.yml), as natively (racelab.agentex.lab.nginx_parts): /agent/ ->
+    # the Agentex API's ACP front, /agentex/ -> its REST API, /agent-pods/ -> the user's agent
+    locations += "\n" + "\n".join(
+        f"        location /{prefix}/ {{\n"
+        f"            set $pods {name};\n"
+        f"            rewrite ^/{prefix}/(.*)$ /{path}$1 break;\n"
+        f"            proxy_pass http://$pods:{APP_PORT};{extra}\n"
+        f"        }}" for prefix, name, path, extra in (
+            (AGENT_VARIANT, f"pod-{AGENT_VARIANT}", "acp/", ""),
+            ("agentex", f"pod-{AGENT_VARIANT}", "", "\n            proxy_buffering off;"),
+            ("agent-pods", "agent", "", "")))
     return f"""{HEADER}worker_processes 1;
 pid /tmp/nginx.pid;
 error_log stderr warn;
@@ -300,7 +407,7 @@ def compose_prometheus_conf() -> str:
                 f"        type: A\n        port: {port}\n        refresh_interval: 5s\n")
     return (HEADER + f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
             "scrape_configs:\n"
-            + dns_job("pods", [f"pod-{v}" for v in VARIANTS], APP_PORT)
+            + dns_job("pods", [f"pod-{v}" for v in (*VARIANTS, AGENT_VARIANT)], APP_PORT)
             + dns_job("workers", ["worker"], APP_PORT)
             + dns_job("queue-workers", ["queue-worker"], APP_PORT)  # a name not running: no targets
             + dns_job("checker", ["checker"], APP_PORT)
@@ -312,12 +419,23 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
+def _str(dumper: yaml.SafeDumper, data: str):
+    """A text of several lines (the agent's Dockerfile) as a literal block, readable as it is."""
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_NoAliases.add_representer(str, _str)
+
+
 def rendered() -> dict[Path, str]:
     # the defaults, never this shell's environment; every variant (the zoo's behind profiles)
     settings = Settings(state_dir=Path("/unused"), variants=VARIANTS)
     compose = HEADER + yaml.dump(compose_doc(settings), Dumper=_NoAliases, sort_keys=False, width=120,
                                  default_flow_style=None)
+    agent = HEADER + yaml.dump(agent_compose_doc(), Dumper=_NoAliases, sort_keys=False, width=120,
+                               default_flow_style=None)
     return {ROOT / "docker-compose.yml": compose,
+            ROOT / AGENT_FILE: agent,
             ROOT / "compose" / "nginx.conf": compose_nginx_conf(),
             ROOT / "compose" / "prometheus.yml": compose_prometheus_conf()}
 
