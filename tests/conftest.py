@@ -7,15 +7,19 @@ Unit tests of pure logic do not ask for the lab and run without one.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 
+import asyncpg
 import pytest
 
+from racelab import db
 from racelab.config import DEFAULT_VARIANTS, Settings
 
 # Ports of the test lab: apart from the defaults, so `make test` works beside `make up`, and below
@@ -92,3 +96,22 @@ def load_run(lab, tmp_path_factory):
     run_dir = (results / "latest").resolve()
     return {"dir": run_dir, "stdout": done.stdout, "checker": json.loads((run_dir / "checker.json").read_text()),
             "run": json.loads((run_dir / "run.json").read_text())}
+
+
+@pytest.fixture
+def scratch_db(lab):
+    """A database of its own in the lab's PostgreSQL, with the lab's schema (the lab's exporter
+    never sees its rows); dropped afterwards."""
+    name = f"racelab_scratch_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = lab.settings.pg_admin_dsn
+    dsn = admin.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(db.ensure_database(admin, dsn))
+    yield dsn
+
+    async def drop():
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+    asyncio.run(drop())

@@ -10,13 +10,10 @@ flight across a refresh, and a client ledger with a broken ack. No timing is ass
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 import uuid
 
-import asyncpg
-import pytest
 
 from racelab import db
 from racelab.checker.counts import compute
@@ -55,24 +52,6 @@ async def assert_equal(conn, counter: IncrementalCounts, prefix: str, ledger=Non
     def plain(results):
         return {v: {k: x for k, x in c.as_dict().items() if k not in skip} for v, c in results.items()}
     assert plain(got) == plain(expected)
-
-
-@pytest.fixture
-def scratch_db(lab):
-    """A database of its own in the lab's PostgreSQL, with the lab's schema; dropped afterwards."""
-    name = f"racelab_inc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = lab.settings.pg_admin_dsn
-    dsn = admin.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(db.ensure_database(admin, dsn))
-    yield dsn
-
-    async def drop():
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-    asyncio.run(drop())
 
 
 def test_incremental_counts_equal_a_full_recount(scratch_db):

@@ -154,9 +154,18 @@ CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 20.0
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """On release to the pool: nothing beyond asyncpg's own rollback of an open transaction.
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`,
+    one more round trip per acquire (about a tenth of a pod's CPU at full ingest). The lab's
+    connections carry no session state; the one session-level lock (variants/sequential.py)
+    is released by its holder, which closes the connection if it cannot."""
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S)
+                                     reset=keep_session, timeout=CONNECT_TIMEOUT_S,
+                                     command_timeout=COMMAND_TIMEOUT_S)
 
 
 async def ensure_database(admin_dsn: str, dsn: str) -> None:
@@ -180,7 +189,8 @@ async def ensure_database(admin_dsn: str, dsn: str) -> None:
 Handoff = Callable[[asyncpg.Connection, bool], Awaitable[None]]
 
 
-async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: Handoff | None = None) -> bool:
+async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: Handoff | None = None,
+                       outbox: dict | None = None) -> bool:
     """Record an event durably in the event log. Returns True if it is new, False for a re-send.
 
     The upsert of the task row takes that row's lock until commit, so the events of one task
@@ -188,9 +198,24 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
     out of order across connections; with this, a cursor that has seen seq N has seen every
     event of the task below N.
 
-    handoff runs inside the transaction (the temporal variant signals its workflow there), so
-    an event is either recorded and handed off, or neither.
+    handoff runs inside the transaction (temporal-naive signals its workflow there, queue adds to
+    its stream), so an event is either recorded and handed off, or neither. outbox: a row for the
+    outbox (the temporal variant's relay), written in the same statement as the event, on every
+    delivery (a re-send brings back a row a relay already removed).
     """
+    if handoff is None:  # one statement, one round trip: its own transaction
+        if outbox is None:
+            row = await pool.fetchrow(RECORD_EVENT, variant, event.task_id, event.agent_id, event.event_id,
+                                      event.sequence_id, event.content)
+        else:
+            row = await pool.fetchrow(RECORD_EVENT_WITH_OUTBOX, variant, event.task_id, event.agent_id,
+                                      event.event_id, event.sequence_id, event.content, outbox)
+        if row["status"] == "cancelled":
+            raise TaskCancelled(event.task_id)
+        fresh = row["seq"] is not None
+        if not fresh:
+            await _check_owner(pool, variant, event)
+        return fresh
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.fetchval(
             """INSERT INTO tasks (variant, task_id, agent_id, last_event_at)
@@ -206,13 +231,44 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
             variant, event.event_id, event.task_id, event.agent_id, event.sequence_id, event.content)
         fresh = seq is not None
         if not fresh:
-            owner = await conn.fetchrow("SELECT task_id, agent_id FROM events WHERE variant = $1 AND event_id = $2",
-                                        variant, event.event_id)
-            if (owner["task_id"], owner["agent_id"]) != (event.task_id, event.agent_id):
-                raise EventIdConflict(event.event_id)
-        if handoff is not None:
-            await handoff(conn, fresh)
+            await _check_owner(conn, variant, event)
+        if outbox is not None:
+            await conn.execute(
+                """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (variant, event_id) DO NOTHING""",
+                variant, event.event_id, event.task_id, event.agent_id, outbox)
+        await handoff(conn, fresh)
         return fresh
+
+
+# record_event without a handoff, in one statement. The event's INSERT reads the task's upsert,
+# so it runs after the upsert took the task row's lock (held to the commit): the events of one
+# task still get their seq and commit one at a time, in seq order.
+RECORD_EVENT = """
+WITH task AS (
+    INSERT INTO tasks (variant, task_id, agent_id, last_event_at) VALUES ($1, $2, $3, clock_timestamp())
+    ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET last_event_at = clock_timestamp()
+    RETURNING status),
+event AS (
+    INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
+    SELECT $1, $4, $2, $3, $5, $6 FROM task WHERE task.status <> 'cancelled'
+    ON CONFLICT (variant, event_id) DO NOTHING RETURNING seq)
+SELECT task.status, (SELECT seq FROM event) AS seq FROM task"""
+RECORD_EVENT_WITH_OUTBOX = RECORD_EVENT.replace("""
+SELECT task.status""", """,
+outbox AS (
+    INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
+    SELECT $1, $4, $2, $3, $7 FROM task WHERE task.status <> 'cancelled'
+    ON CONFLICT (variant, event_id) DO NOTHING)
+SELECT task.status""")
+
+
+async def _check_owner(conn, variant: str, event: Event) -> None:
+    """A re-sent event id must name the task it was first recorded for."""
+    owner = await conn.fetchrow("SELECT task_id, agent_id FROM events WHERE variant = $1 AND event_id = $2",
+                                variant, event.event_id)
+    if (owner["task_id"], owner["agent_id"]) != (event.task_id, event.agent_id):
+        raise EventIdConflict(event.event_id)
 
 
 async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
@@ -253,6 +309,18 @@ async def write_state(conn, variant: str, task_id: str, agent_id: str, state: di
         variant, task_id, agent_id, state)
 
 
+async def write_state_if_version(conn, variant: str, task_id: str, agent_id: str, state: dict,
+                                 version: int) -> int | None:
+    """Write the whole state only if it is still at `version` (a row task/create made is at 0; no
+    row counts as 0 too), in one statement; the new version, or None when another writer moved it."""
+    return await conn.fetchval(
+        """INSERT INTO task_states (variant, task_id, agent_id, state, version) VALUES ($1, $2, $3, $4, 1)
+           ON CONFLICT (variant, task_id, agent_id) DO UPDATE
+           SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()
+           WHERE task_states.version = $5 RETURNING version""",
+        variant, task_id, agent_id, state, version)
+
+
 async def record_effects(conn, variant: str, task_id: str, agent_id: str, call_id: str, event_ids: list[str]) -> None:
     await conn.execute(
         """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
@@ -283,6 +351,43 @@ async def advance_cursor(conn, variant: str, task_id: str, agent_id: str, seq: i
             variant, task_id, agent_id, seq, fence, reason)
     except asyncpg.CheckViolationError as exc:
         raise CursorMovedBackwards(str(exc)) from None
+
+
+# A lock holder's batch (variants/locked.py), in one snapshot: its tracker (cursor, fence), the
+# state it writes ($4: the agent's, or "*" for a task's shared state) and up to $5 events after
+# the cursor, in seq order. No row when the tracker does not exist.
+READ_BATCH = """
+SELECT tr.last_processed_seq AS cursor, tr.fence, s.state,
+       coalesce(e.seqs, '{}') AS seqs, coalesce(e.event_ids, '{}') AS event_ids,
+       coalesce(e.accepted_at, '{}') AS accepted_at
+FROM trackers tr
+LEFT JOIN task_states s ON s.variant = tr.variant AND s.task_id = tr.task_id AND s.agent_id = $4
+CROSS JOIN LATERAL (
+    SELECT array_agg(b.seq ORDER BY b.seq) AS seqs, array_agg(b.event_id ORDER BY b.seq) AS event_ids,
+           array_agg(extract(epoch FROM b.accepted_at)::float8 ORDER BY b.seq) AS accepted_at
+    FROM (SELECT seq, event_id, accepted_at FROM events
+          WHERE variant = tr.variant AND task_id = tr.task_id AND agent_id = tr.agent_id
+            AND seq > tr.last_processed_seq ORDER BY seq LIMIT $5) b) e
+WHERE tr.variant = $1 AND tr.task_id = $2 AND tr.agent_id = $3"""
+
+
+async def commit_batch(conn, variant: str, task_id: str, agent_id: str, owner: str, fence: int, cursor: int,
+                       seq: int, state: dict, reason: str) -> bool:
+    """Write a lock holder's state and move its cursor from `cursor` to `seq`, in one statement, only
+    if the tracker still carries its fence and that cursor; False (nothing written) otherwise.
+    The tracker's UPDATE takes its row lock first and rechecks the condition on the newest row
+    (READ COMMITTED), so a newer holder's take_fence, committed or not, makes this one write nothing."""
+    written = await conn.fetchval(
+        """WITH tracker AS (
+               UPDATE trackers SET last_processed_seq = $7, status_reason = $9, updated_at = clock_timestamp()
+               WHERE variant = $1 AND task_id = $2 AND agent_id = $3 AND fence = $5 AND last_processed_seq = $6
+               RETURNING 1)
+           INSERT INTO task_states (variant, task_id, agent_id, state, version)
+           SELECT $1, $2, $4, $8, 1 FROM tracker
+           ON CONFLICT (variant, task_id, agent_id) DO UPDATE
+           SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()
+           RETURNING 1""", variant, task_id, agent_id, owner, fence, cursor, seq, state, reason)
+    return written == 1
 
 
 @asynccontextmanager

@@ -32,7 +32,8 @@ MAX_CONTENT_BYTES = 512 * 1024  # event.content as JSON with non-ASCII escaped (
                                 # per payload and refuses 2 MiB; a 1 MiB body of emoji escapes to 3 MiB)
 # Lab knobs an agent may pass in task.params, and their ranges (anything else in task.params is free);
 # and shared_state, a boolean (state.state_agent).
-TASK_KNOBS = {"continue_as_new_after": (int, 0, 1_000_000), "model_latency_ms": ((int, float), 0, 600_000)}
+TASK_KNOBS = {"continue_as_new_after": (int, 0, 1_000_000), "model_latency_ms": ((int, float), 0, 600_000),
+              "idle_complete_s": ((int, float), 0, 86_400)}
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")  # NUL: refused by PostgreSQL; lone surrogates: not UTF-8
 
 

@@ -115,9 +115,14 @@ def make_up_time() -> float:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-GROUPS = (("racelab.pod", "pods"), ("racelab.worker", "temporal workers"), ("racelab.checker", "checker exporter"),
+GROUPS = (("racelab.pod", "pods"), ("racelab.bench.bare_pod", "pods"), ("racelab.worker", "temporal workers"), ("racelab.checker", "checker exporter"),
           ("postgres", "postgresql"), ("temporal", "temporal dev server"), ("redis-server", "redis"),
           ("nginx", "nginx"), ("prometheus", "prometheus"), ("supervisord", "supervisor"))
+
+
+def _group(pid: int) -> str:
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return next((name for needle, name in GROUPS if needle in cmdline), "other")
 
 
 def memory_by_component(settings: Settings) -> dict[str, float]:
@@ -125,13 +130,40 @@ def memory_by_component(settings: Settings) -> dict[str, float]:
     out: dict[str, float] = {}
     for pid in lab_processes(settings):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            group = _group(pid)
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
         pss_kb = next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
-        group = next((name for needle, name in GROUPS if needle in cmdline), "other")
         out[group] = out.get(group, 0.0) + pss_kb / 1024.0
+    return out
+
+
+def cpu_seconds(settings: Settings, extra_pids=()) -> dict[str, float]:
+    """CPU time (user + system) used so far by each component of the lab, and by this process
+    (the client that sends the events). A difference of two readings is what one phase cost.
+    A process's reaped children count too (cutime, cstime): a PostgreSQL backend that exits
+    between two readings moves its time to the postmaster instead of taking it out of the sum."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in [*lab_processes(settings), *extra_pids]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            group = _group(pid)
+        except (OSError, IndexError):
+            continue  # a process that ended between the listing and the read
+        out[group] = out.get(group, 0.0) + sum(int(f) for f in fields[11:15]) / tick
+    me = os.times()
+    out["client"] = me.user + me.system
+    return out
+
+
+def cpu_ms_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    """Milliseconds of CPU per acked event, by component, between two cpu_seconds readings;
+    components that used none are left out, "total" sums the rest."""
+    out = {k: (after[k] - before.get(k, 0.0)) * 1000.0 / max(1, events) for k in after}
+    out = {k: v for k, v in out.items() if v > 0}
+    out["total"] = sum(out.values())
     return out
 
 
@@ -176,7 +208,8 @@ async def measure(settings: Settings, args) -> dict:
                  "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
                  "workload": {"tasks": args.tasks, "events": args.events, "concurrency": args.concurrency,
                               "pods_per_target": settings.replicas},
-                 "ingest_eps": {}, "apply_eps": {}, "apply_latency_ms": {}, "burst30_s": {}}
+                 "ingest_eps": {}, "apply_eps": {}, "apply_latency_ms": {}, "burst30_s": {},
+                 "cpu_ms_per_event": {}}
 
     say(f"bench 1/6: ingest and apply, {args.tasks} tasks x {args.events} events per target, "
         f"concurrency {args.concurrency}, through the gateway to {settings.replicas} pods each")
@@ -185,8 +218,10 @@ async def measure(settings: Settings, args) -> dict:
         for r in range(1, settings.replicas + 1):
             await wait_healthy(f"http://{settings.host}:{settings.bare_pod_port(r)}/healthz")
         await ensure_bare_route(settings)
+        before = cpu_seconds(settings, [p.pid for p in bare])
         rate, n = await ingest(settings.gateway_url, "bare", f"bench-{stamp}-bare-", args.tasks, args.events,
                                args.concurrency)
+        out["cpu_ms_per_event"]["bare"] = cpu_ms_per_event(before, cpu_seconds(settings, [p.pid for p in bare]), n)
         out["ingest_eps"]["bare"] = out["apply_eps"]["bare"] = rate  # nothing to apply
         say(f"  bare: {rate:.0f} events/s ({n})")
     finally:
@@ -197,10 +232,13 @@ async def measure(settings: Settings, args) -> dict:
     for variant in args.variants:
         prefix = f"bench-{stamp}-ingest-{variant}-"
         t0 = time.time()
+        before = cpu_seconds(settings)
         rate, n = await ingest(settings.gateway_url, variant, prefix, args.tasks, args.events, args.concurrency)
         out["ingest_eps"][variant] = rate
         say(f"  {variant}: ingest {rate:.0f} events/s ({n}); waiting for the log to be drained")
         apply_rate, c = await drain(settings, prefix, t0)
+        # ingest and processing together (the checker's polling while it waits is counted too)
+        out["cpu_ms_per_event"][variant] = cpu_ms_per_event(before, cpu_seconds(settings), n)
         out["apply_eps"][variant] = apply_rate
         out["apply_latency_ms"][variant] = {"p50": c.apply_latency_p50_ms, "p99": c.apply_latency_p99_ms,
                                             "lost": c.lost} if c else {}
@@ -248,6 +286,15 @@ def table(r: dict) -> str:
         lat = r["apply_latency_ms"].get(name) or {}
         lat_s = f"{lat['p50']:.0f} / {lat['p99']:.0f}" if lat.get("p50") is not None else "-"
         lines.append(f"| {name} | {rate:.0f} | {rate / bare:.2f} | {a:.0f} | {a / bare:.2f} | {lat_s} |")
+    cpu = r.get("cpu_ms_per_event") or {}
+    if cpu:
+        parts = sorted({k for v in cpu.values() for k in v if k != "total"},
+                       key=lambda k: -max(v.get(k, 0.0) for v in cpu.values()))[:6]
+        lines += ["", "CPU per acked event (ms; a variant's figure covers its ingest and its processing until "
+                  "the log is drained):", "",
+                  "| target | total | " + " | ".join(parts) + " |", "|---" * (len(parts) + 2) + "|"]
+        lines += [f"| {name} | {c['total']:.2f} | " + " | ".join(f"{c.get(k, 0.0):.2f}" for k in parts) + " |"
+                  for name, c in cpu.items()]
     if "locked" in r["ingest_eps"] and "temporal" in r["ingest_eps"]:
         lines.append(f"\ntemporal ingest vs locked: {r['ingest_eps']['temporal'] / r['ingest_eps']['locked']:.2f}")
     if "temporal_limits" in r:

@@ -12,6 +12,7 @@ import json
 import asyncpg
 from aiohttp import web
 
+from .. import db
 from ..config import Settings
 
 
@@ -19,7 +20,8 @@ def make_app(dsn: str) -> web.Application:
     app = web.Application()
 
     async def lifecycle(app):
-        app["pool"] = await asyncpg.create_pool(dsn, min_size=2, max_size=10)
+        # the same pool as the variants' pods (no reset round trip on release), no jsonb codec
+        app["pool"] = await asyncpg.create_pool(dsn, min_size=2, max_size=10, reset=db.keep_session)
         async with app["pool"].acquire() as conn, conn.transaction():
             # the pods start together: concurrent CREATE TABLE IF NOT EXISTS can still collide in
             # PostgreSQL's catalog (unique violation on pg_type), so one pod at a time

@@ -27,6 +27,7 @@ import aiohttp
 
 from .. import db
 from ..checker.quiescence import verdict, wait_for_quiescence
+from ..checker.throughput import keep_up
 from ..checker.counts import table
 from ..checker.ledger import read_ledger
 from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
@@ -160,6 +161,19 @@ def recovery_after_faults(faults_log: Path, results: dict, events, states) -> di
             else round(window[v]["recovery_s"], 2) for v, c in results.items()}
 
 
+def keep_up_table(rows: dict[str, dict]) -> str:
+    """Did each variant keep up while Locust ran (checker.throughput.keep_up)?"""
+    def ms(x):
+        return "-" if x is None else f"{x:.0f}"
+    lines = ["keep-up while Locust ran: acked/s, applied/s (first applications in the same window), their ratio,",
+             "events acked and not yet applied when it stopped, apply p50 / p99 of the events it acked"]
+    for v, r in rows.items():
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"  {v:<16} acked {r['acked_per_s']:7.1f}/s  applied {r['applied_per_s']:7.1f}/s  ratio {ratio:>4}"
+                     f"  backlog {r['backlog_at_end']:>6}  apply {ms(r['apply_p50_ms'])} / {ms(r['apply_p99_ms'])} ms")
+    return "\n".join(lines)
+
+
 async def run_snapshot(dsn: str, prefix: str):
     async with db.connection(dsn) as conn:
         events, states, _ = await snapshot(conn, prefix)
@@ -214,6 +228,7 @@ def main() -> None:
     print(f"load: {args.users} users ({args.rate}/s) for {args.duration} against {host}, "
           f"variants {', '.join(args.variants)}; results in {run_dir}", flush=True)
     run["locust_exit_code"], nemesis_code = run_locust(args, host, run_dir, prefix, settings)
+    run["locust_ended_at"] = time.time()
     if args.faults:
         run["nemesis_exit_code"] = nemesis_code
         if nemesis_code:
@@ -236,10 +251,13 @@ def main() -> None:
         {"quiescent": quiescent, "ok": not problems, "variants": {v: c.as_dict() for v, c in shown.items()}},
         indent=2) + "\n")
     print(table(shown))
+    logged, states = asyncio.run(run_snapshot(settings.pg_dsn, prefix))
+    run["keep_up"] = keep_up(logged, states, run["started_at"], run["locust_ended_at"], args.variants)
+    (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    print(keep_up_table(run["keep_up"]))
     recovery = None
     if (run_dir / "faults.jsonl").exists():
-        recovery = recovery_after_faults(run_dir / "faults.jsonl", shown,
-                                         *asyncio.run(run_snapshot(settings.pg_dsn, prefix)))
+        recovery = recovery_after_faults(run_dir / "faults.jsonl", shown, logged, states)
     if recovery is not None:
         run["recovery_s"] = recovery
         (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")

@@ -137,8 +137,11 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
 
         async def handoff(conn, fresh: bool) -> None:
             await variant.handoff(conn, event, fresh, accepted_at)
+        # a variant without a handoff records in one statement (db.RECORD_EVENT)
+        has_handoff = type(variant).handoff is not Variant.handoff
         try:
-            fresh = await db.record_event(pool, variant.name, event, handoff)
+            fresh = await db.record_event(pool, variant.name, event, handoff if has_handoff else None,
+                                          variant.outbox_payload(event, accepted_at))
         except db.TaskCancelled:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: task {event.task_id!r} is cancelled",
                            http_status=409, rpc_id=req.rpc_id) from None

@@ -44,6 +44,10 @@ class Variant:
     async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
         """Runs inside the transaction that records the event (default: nothing)."""
 
+    def outbox_payload(self, event: Event, accepted_at: float) -> dict | None:
+        """A row for the outbox, written in the statement that records the event (default: none)."""
+        return None
+
     def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
         """Runs once the reply is on its way (acked_at: epoch seconds): processing happens after it."""
 

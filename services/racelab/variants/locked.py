@@ -124,43 +124,28 @@ class Locked(Variant):
 
     async def process_batch(self, task_id: str, agent_id: str, owner: str, fence: int, lease: "Lease") -> int:
         """Process the events after the cursor; return how many were applied (0 when there is
-        nothing to do or this holder is stale)."""
+        nothing to do or this holder is stale). Three round trips: one read (tracker, events,
+        state in one snapshot), the model call's effect rows, one conditional write."""
         pool = self.ctx.pool
         started = time.perf_counter()
-        async with pool.acquire() as conn:
-            tracker = await conn.fetchrow(
-                """SELECT last_processed_seq, fence FROM trackers
-                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", self.name, task_id, agent_id)
-            if lease.lost or tracker is None or tracker["fence"] != fence:
-                metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
-                log.warning("stale lock holder for %s/%s (fence %d): no model call", task_id, agent_id, fence)
-                return 0
-            cursor = tracker["last_processed_seq"]
-            events = await conn.fetch(
-                """SELECT seq, event_id, extract(epoch FROM accepted_at)::float8 AS accepted_at FROM events
-                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3 AND seq > $4
-                   ORDER BY seq LIMIT $5""",
-                self.name, task_id, agent_id, cursor, self.ctx.settings.batch_limit)
-            if not events:
-                return 0
-            row = await db.read_state(conn, self.name, task_id, owner)
-        event_ids = [e["event_id"] for e in events]
+        batch = await pool.fetchrow(db.READ_BATCH, self.name, task_id, agent_id, owner, self.ctx.settings.batch_limit)
+        if lease.lost or batch is None or batch["fence"] != fence:
+            metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
+            log.warning("stale lock holder for %s/%s (fence %d): no model call", task_id, agent_id, fence)
+            return 0
+        event_ids = batch["event_ids"]
+        if not event_ids:
+            return 0
         await self.ctx.model.call(pool, self.name, task_id, agent_id, event_ids)  # one call serves the batch
-        new_state = apply_events(row["state"] if row else None, event_ids)
-        async with pool.acquire() as conn, conn.transaction():
-            tracker = await conn.fetchrow(
-                """SELECT last_processed_seq, fence FROM trackers
-                   WHERE variant = $1 AND task_id = $2 AND agent_id = $3 FOR UPDATE""", self.name, task_id, agent_id)
-            if tracker is None or tracker["fence"] != fence or tracker["last_processed_seq"] != cursor:
-                metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
-                log.warning("stale lock holder for %s/%s (fence %d, now %s): batch dropped",
-                            task_id, agent_id, fence, tracker and tracker["fence"])
-                return 0
-            await db.write_state(conn, self.name, task_id, owner, new_state)
-            await db.advance_cursor(conn, self.name, task_id, agent_id, events[-1]["seq"], fence,
-                                    f"processed batch of {len(events)} events")
-        metrics.observe_batch(self.name, [e["accepted_at"] for e in events], started)
-        return len(events)
+        new_state = apply_events(batch["state"], event_ids)
+        written = await db.commit_batch(pool, self.name, task_id, agent_id, owner, fence, batch["cursor"],
+                                        batch["seqs"][-1], new_state, f"processed batch of {len(event_ids)} events")
+        if not written:
+            metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
+            log.warning("stale lock holder for %s/%s (fence %d): batch dropped", task_id, agent_id, fence)
+            return 0
+        metrics.observe_batch(self.name, batch["accepted_at"], started)
+        return len(event_ids)
 
     async def _sweep_forever(self) -> None:
         """Safety net: wake tasks whose events wait behind the cursor for a while (a drain that

@@ -55,7 +55,11 @@ class Sequential(Variant):
                 while await self.apply_next():
                     pass
             finally:
-                await lock_conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+                try:
+                    await lock_conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+                except BaseException:  # the pool keeps session state (db.create_pool): never pool a held lock
+                    lock_conn.terminate()
+                    raise
 
     async def apply_next(self) -> bool:
         """Apply the oldest event after its task's cursor; False when there is none. (The events

@@ -1,4 +1,6 @@
-"""The task workflow: one per task, events arrive as `receive_event` signals.
+"""The task workflow: one per task, events arrive as `receive_event` signals. It completes when
+the task is cancelled, or after IDLE_COMPLETE_S with nothing to do (the next event starts a new
+run of the same workflow id).
 
 The seed's pattern, an async signal handler that awaits an activity and then assigns state,
 interleaves at the await and loses updates. Here the signal handler only enqueues (deduping on
@@ -11,6 +13,7 @@ state in PostgreSQL.
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +24,11 @@ from ..state import SHARED_AGENT
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, WORKFLOW_NAME
 
 BATCH_LIMIT = 50
+# A workflow with nothing to do for this long completes, and so leaves the workers' cache: a
+# task's next event starts a new run (the relay's signal-with-start), which loads the state and
+# its applied ids back. Without it, every task ever sent to stays cached (up to the cache's size)
+# and the workers' memory grows with the number of tasks (seen in make soak: +41 % in 10 minutes).
+IDLE_COMPLETE_S = 30.0
 # Sized to the work: an activity heartbeats while it waits for the model, so a killed worker's
 # activity is retried elsewhere after HEARTBEAT_TIMEOUT, whatever the model's latency; the long
 # start-to-close only bounds a hung one.
@@ -29,7 +37,11 @@ ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=120), heartbeat
                                                  maximum_interval=timedelta(seconds=2)))
 
 
-@workflow.defn(name=WORKFLOW_NAME)
+# Not sandboxed: the sandbox re-imports and proxies modules on every activation, and under
+# `make load USERS=100` the workers' activations competed for the same 2 cores as everything else.
+# The code is deterministic without it: no I/O, no clock, no randomness; only workflow.* APIs and
+# plain data (a replay test runs it against real histories: tests/test_temporal_replay.py).
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
 class TaskWorkflow:
     def __init__(self) -> None:
         self._pending: list[dict] = []
@@ -67,9 +79,21 @@ class TaskWorkflow:
         can_after = int(params.get("continue_as_new_after") or 0)
         applied_this_run = 0
         while True:
-            await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled)
-            if not self._pending:  # cancelled, and everything received is applied
-                return {"applied": len(applied), "runs": runs}
+            if workflow.patched("idle-complete"):  # runs started before this change replay without it
+                try:
+                    await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled,
+                                                  timeout=params.get("idle_complete_s") or IDLE_COMPLETE_S)
+                except asyncio.TimeoutError:
+                    pass  # idle: complete below, unless a signal came with the timer
+            else:
+                await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled)
+            if not self._pending:  # cancelled or idle, and everything received is applied
+                # A signal that arrives while this completion is on its way makes the server refuse
+                # it (a new workflow task brings the signal: _pending is no longer empty here).
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._pending:
+                    return {"applied": len(applied), "runs": runs, "idle": not self._cancelled}
+                continue
             # the lab knob continue_as_new_after counts events exactly: a batch never crosses it
             limit = min(BATCH_LIMIT, can_after - applied_this_run) if can_after else BATCH_LIMIT
             batch, self._pending = self._pending[:limit], self._pending[limit:]

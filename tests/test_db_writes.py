@@ -1,0 +1,117 @@
+"""The one-statement writes of racelab.db against the real PostgreSQL (a scratch database of the
+lab's): what each refuses is what keeps the guarded variants exact.
+
+- record_event without a handoff: a new event, a re-send (not fresh, the same seq), a re-send
+  naming another task (refused), a cancelled task (nothing recorded), and the outbox row the
+  temporal variant writes in the same statement on every delivery;
+- commit_batch (locked): a stale fence or a moved cursor writes nothing, state nor cursor;
+- write_state_if_version (temporal's activity): a moved version writes nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from racelab import db
+from racelab.protocol import Event, TaskRef
+from racelab.state import apply_events
+
+VARIANT = "db-writes"
+AGENT = "agent-db"
+
+
+def event(task_id: str, event_id: str | None = None) -> Event:
+    return Event(agent_id=AGENT, task_id=task_id, task_params={}, event_id=event_id or str(uuid.uuid4()),
+                 sequence_id=1, content={"type": "text", "author": "user", "content": "hi"})
+
+
+def test_record_event_in_one_statement(scratch_db):
+    asyncio.run(_record(scratch_db))
+
+
+async def _record(dsn: str) -> None:
+    pool = await db.create_pool(dsn)
+    try:
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        first = event(task)
+        assert await db.record_event(pool, VARIANT, first) is True
+        assert await db.record_event(pool, VARIANT, first) is False  # a re-send
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 1
+        with pytest.raises(db.EventIdConflict):
+            await db.record_event(pool, VARIANT, event(task + "-other", first.event_id))
+        # with an outbox row: written with the event, and again by a re-send once relayed
+        second = event(task)
+        assert await db.record_event(pool, VARIANT, second, outbox={"event_id": second.event_id}) is True
+        assert await pool.fetchval("SELECT payload FROM outbox WHERE event_id = $1", second.event_id) == \
+            {"event_id": second.event_id}
+        await pool.execute("DELETE FROM outbox WHERE event_id = $1", second.event_id)
+        assert await db.record_event(pool, VARIANT, second, outbox={"event_id": second.event_id}) is False
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", second.event_id) == 1
+        # seq order within the task
+        seqs = await pool.fetch("SELECT seq FROM events WHERE task_id = $1 ORDER BY seq", task)
+        assert len(seqs) == 2
+        # a cancelled task records nothing, outbox included
+        await db.cancel_task(pool, VARIANT, TaskRef(AGENT, task, {}))
+        third = event(task)
+        with pytest.raises(db.TaskCancelled):
+            await db.record_event(pool, VARIANT, third, outbox={"event_id": third.event_id})
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", third.event_id) == 0
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", third.event_id) == 0
+    finally:
+        await pool.close()
+
+
+def test_commit_batch_refuses_a_stale_holder(scratch_db):
+    asyncio.run(_commit_batch(scratch_db))
+
+
+async def _commit_batch(dsn: str) -> None:
+    pool = await db.create_pool(dsn)
+    try:
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        for eid in ids:
+            await db.record_event(pool, VARIANT, event(task, eid))
+        old = await db.take_fence(pool, VARIANT, task, AGENT)
+        batch = await pool.fetchrow(db.READ_BATCH, VARIANT, task, AGENT, AGENT, 50)
+        assert (batch["fence"], batch["cursor"], batch["event_ids"]) == (old, 0, ids)
+        new = await db.take_fence(pool, VARIANT, task, AGENT)  # another holder took the lock meanwhile
+        assert not await db.commit_batch(pool, VARIANT, task, AGENT, AGENT, old, 0, batch["seqs"][-1],
+                                         apply_events(batch["state"], ids), "stale")
+        row = await pool.fetchrow("SELECT last_processed_seq, fence FROM trackers WHERE task_id = $1", task)
+        assert (row["last_processed_seq"], row["fence"]) == (0, new)
+        assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == []
+        # the current holder with the cursor it read: written
+        assert await db.commit_batch(pool, VARIANT, task, AGENT, AGENT, new, 0, batch["seqs"][1],
+                                     apply_events(batch["state"], ids[:2]), "two")
+        # the same holder again from the old cursor (a batch it already wrote): refused
+        assert not await db.commit_batch(pool, VARIANT, task, AGENT, AGENT, new, 0, batch["seqs"][-1],
+                                         apply_events(batch["state"], ids), "again")
+        state = (await db.read_state(pool, VARIANT, task, AGENT))["state"]
+        assert state["history"] == ids[:2] and state["processing_count"] == 2
+        after = await pool.fetchrow(db.READ_BATCH, VARIANT, task, AGENT, AGENT, 50)
+        assert (after["cursor"], after["event_ids"]) == (batch["seqs"][1], ids[2:])
+    finally:
+        await pool.close()
+
+
+def test_write_state_if_version(scratch_db):
+    asyncio.run(_if_version(scratch_db))
+
+
+async def _if_version(dsn: str) -> None:
+    pool = await db.create_pool(dsn)
+    try:
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))  # a state at version 0
+        assert await db.write_state_if_version(pool, VARIANT, task, AGENT, apply_events(None, ["a"]), 0) == 1
+        assert await db.write_state_if_version(pool, VARIANT, task, AGENT, apply_events(None, ["b"]), 0) is None
+        assert await db.write_state_if_version(pool, VARIANT, task, AGENT, apply_events(None, ["a", "b"]), 1) == 2
+        assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["a", "b"]
+        # no row yet counts as version 0
+        assert await db.write_state_if_version(pool, VARIANT, task + "-new", AGENT, apply_events(None, ["c"]), 0) == 1
+    finally:
+        await pool.close()
