@@ -49,9 +49,13 @@ async def _record(dsn: str) -> None:
         await pool.execute("DELETE FROM outbox WHERE event_id = $1", second.event_id)
         assert await db.record_event(pool, VARIANT, second, outbox={"event_id": second.event_id}) is False
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", second.event_id) == 1
-        # seq order within the task
-        seqs = await pool.fetch("SELECT seq FROM events WHERE task_id = $1 ORDER BY seq", task)
-        assert len(seqs) == 2
+        # the re-used id under another task, with the first one's outbox row gone: refused, and
+        # nothing written for the other task (no event, no outbox row for a relay to signal, no task)
+        other = task + "-other"
+        with pytest.raises(db.EventIdConflict):
+            await db.record_event(pool, VARIANT, event(other, second.event_id), outbox={"event_id": "forged"})
+        for table in ("events", "outbox", "tasks"):
+            assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE task_id = $1", other) == 0, table
         # a cancelled task records nothing, outbox included
         await db.cancel_task(pool, VARIANT, TaskRef(AGENT, task, {}))
         third = event(task)
@@ -59,6 +63,34 @@ async def _record(dsn: str) -> None:
             await db.record_event(pool, VARIANT, third, outbox={"event_id": third.event_id})
         assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", third.event_id) == 0
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", third.event_id) == 0
+    finally:
+        await pool.close()
+
+
+def test_an_event_takes_its_seq_after_the_task_row_lock(scratch_db):
+    """The locked variant's cursor relies on it: while another transaction holds the task row,
+    a new event of that task waits, and its seq is taken after the holder's."""
+    asyncio.run(_seq_after_lock(scratch_db))
+
+
+async def _seq_after_lock(dsn: str) -> None:
+    pool = await db.create_pool(dsn)
+    try:
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        await db.record_event(pool, VARIANT, event(task))
+        async with pool.acquire() as holder:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT 1 FROM tasks WHERE variant = $1 AND task_id = $2 FOR UPDATE", VARIANT, task)
+            late = event(task)
+            recording = asyncio.create_task(db.record_event(pool, VARIANT, late))
+            await asyncio.sleep(0.5)
+            assert not recording.done()  # waiting for the task row
+            taken = await holder.fetchval("SELECT nextval(pg_get_serial_sequence('events', 'seq'))")
+            await tx.commit()
+        assert await recording is True
+        seq = await pool.fetchval("SELECT seq FROM events WHERE event_id = $1", late.event_id)
+        assert seq > taken
     finally:
         await pool.close()
 

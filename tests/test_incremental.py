@@ -167,3 +167,23 @@ async def _old_marks(dsn: str) -> None:
         await assert_equal(conn, counter, prefix)
         got = counter.results()[VARIANTS[0]]
         assert (got.accepted, got.applied, got.lost) == (4, 3, 1)
+
+
+def test_a_deleted_state_is_seen(scratch_db):
+    """The Agentex API deletes state rows (DELETE /states/{id}): the tombstone makes the next
+    refresh recount the task."""
+    asyncio.run(_deleted(scratch_db))
+
+
+async def _deleted(dsn: str) -> None:
+    prefix = f"del-{uuid.uuid4().hex[:6]}-"
+    task = prefix + "t"
+    async with db.connection(dsn) as conn:
+        ids = await insert_events(conn, VARIANTS[0], task, 2)
+        await db.write_state(conn, VARIANTS[0], task, AGENT, apply_events(None, ids))
+        counter = IncrementalCounts(prefix, variants=VARIANTS)
+        await assert_equal(conn, counter, prefix)
+        assert counter.results()[VARIANTS[0]].applied == 2
+        await conn.execute("DELETE FROM task_states WHERE variant = $1 AND task_id = $2", VARIANTS[0], task)
+        await assert_equal(conn, counter, prefix)
+        assert counter.results()[VARIANTS[0]].applied == 0

@@ -95,8 +95,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (variant, event_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (variant, created_at);
--- tx: the id of the transaction that last wrote the row (pg_current_xact_id() is the row's own
--- xmin, assigned when it is first asked for). The incremental checker finds what changed since
+-- tx: the id of the (top-level) transaction that last wrote the row, pg_current_xact_id(),
+-- assigned when it is first asked for; deleted_states keeps one for each deleted state row. The incremental checker finds what changed since
 -- its last snapshot S by `tx >= pg_snapshot_xmin(S) AND NOT pg_visible_in_snapshot(tx, S)`:
 -- exact, whatever a writer's timestamps or sequence numbers say (a writer starved of CPU can take
 -- its clock_timestamp() or nextval() long before its transaction id, and commit later still).
@@ -114,6 +114,22 @@ BEGIN
 END $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER task_states_tx BEFORE UPDATE ON task_states
     FOR EACH ROW EXECUTE FUNCTION task_states_tx();
+-- A deleted state (the Agentex API's DELETE /states/{id}) leaves a tombstone the incremental
+-- checker finds like any other write.
+CREATE TABLE IF NOT EXISTS deleted_states (
+    variant  text NOT NULL,
+    task_id  text NOT NULL,
+    agent_id text NOT NULL,
+    tx       xid8 NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX IF NOT EXISTS deleted_states_by_tx ON deleted_states (tx);
+CREATE OR REPLACE FUNCTION task_states_tombstone() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO deleted_states (variant, task_id, agent_id) VALUES (OLD.variant, OLD.task_id, OLD.agent_id);
+    RETURN OLD;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER task_states_tombstone AFTER DELETE ON task_states
+    FOR EACH ROW EXECUTE FUNCTION task_states_tombstone();
 -- Faults injected by the nemesis (racelab.nemesis): when, what, and when it was back.
 CREATE TABLE IF NOT EXISTS faults (
     id       bigserial PRIMARY KEY,
@@ -215,6 +231,8 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
         fresh = row["seq"] is not None
         if not fresh:
             await _check_owner(pool, variant, event)
+            if outbox is not None:  # a re-send: its row again, if a relay already removed it
+                await pool.execute(INSERT_OUTBOX, variant, event.event_id, event.task_id, event.agent_id, outbox)
         return fresh
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.fetchval(
@@ -233,41 +251,46 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
         if not fresh:
             await _check_owner(conn, variant, event)
         if outbox is not None:
-            await conn.execute(
-                """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
-                   ON CONFLICT (variant, event_id) DO NOTHING""",
-                variant, event.event_id, event.task_id, event.agent_id, outbox)
+            await conn.execute(INSERT_OUTBOX, variant, event.event_id, event.task_id, event.agent_id, outbox)
         await handoff(conn, fresh)
         return fresh
 
 
 # record_event without a handoff, in one statement. The event's INSERT reads the task's upsert,
 # so it runs after the upsert took the task row's lock (held to the commit): the events of one
-# task still get their seq and commit one at a time, in seq order.
+# task still get their seq and commit one at a time, in seq order. An event id already recorded
+# for another task writes nothing (no task row either): status and seq come back null and
+# record_event refuses it. The outbox row (temporal) is written for a new event only; a re-send
+# brings its row back after the ownership check (record_event).
 RECORD_EVENT = """
 WITH task AS (
-    INSERT INTO tasks (variant, task_id, agent_id, last_event_at) VALUES ($1, $2, $3, clock_timestamp())
+    INSERT INTO tasks (variant, task_id, agent_id, last_event_at)
+    SELECT $1, $2, $3, clock_timestamp()
+    WHERE NOT EXISTS (SELECT 1 FROM events WHERE variant = $1 AND event_id = $4
+                      AND (task_id <> $2 OR agent_id <> $3))
     ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET last_event_at = clock_timestamp()
     RETURNING status),
 event AS (
     INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
     SELECT $1, $4, $2, $3, $5, $6 FROM task WHERE task.status <> 'cancelled'
     ON CONFLICT (variant, event_id) DO NOTHING RETURNING seq)
-SELECT task.status, (SELECT seq FROM event) AS seq FROM task"""
+SELECT (SELECT status FROM task) AS status, (SELECT seq FROM event) AS seq"""
 RECORD_EVENT_WITH_OUTBOX = RECORD_EVENT.replace("""
-SELECT task.status""", """,
+SELECT (SELECT status""", """,
 outbox AS (
     INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
-    SELECT $1, $4, $2, $3, $7 FROM task WHERE task.status <> 'cancelled'
+    SELECT $1, $4, $2, $3, $7 FROM event
     ON CONFLICT (variant, event_id) DO NOTHING)
-SELECT task.status""")
+SELECT (SELECT status""")
+INSERT_OUTBOX = """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (variant, event_id) DO NOTHING"""
 
 
 async def _check_owner(conn, variant: str, event: Event) -> None:
     """A re-sent event id must name the task it was first recorded for."""
     owner = await conn.fetchrow("SELECT task_id, agent_id FROM events WHERE variant = $1 AND event_id = $2",
                                 variant, event.event_id)
-    if (owner["task_id"], owner["agent_id"]) != (event.task_id, event.agent_id):
+    if owner is None or (owner["task_id"], owner["agent_id"]) != (event.task_id, event.agent_id):
         raise EventIdConflict(event.event_id)
 
 

@@ -146,7 +146,7 @@ def cpu_seconds(settings: Settings, extra_pids=()) -> dict[str, float]:
     between two readings moves its time to the postmaster instead of taking it out of the sum."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
-    for pid in [*lab_processes(settings), *extra_pids]:
+    for pid in {*lab_processes(settings), *extra_pids}:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             group = _group(pid)

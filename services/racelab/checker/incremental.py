@@ -18,8 +18,9 @@ a state written 5 ms "before" a refresh that could not yet see it).
 The unit recomputed is a task (variant, task id) with all of its agents: a task-level state
 (agent id "*", task.params.shared_state) is matched against every agent's events of its task.
 
-Rows are never deleted from these tables by the lab; a table that shrinks (a new lab on the same
-ports) resets the counter to a full load.
+A deleted state row (the Agentex API's DELETE /states/{id}) leaves a tombstone in deleted_states
+with its transaction id, so its task is recounted too. Events and effects are never deleted by the
+lab; a table that shrinks (a new lab on the same ports) resets the counter to a full load.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ SUMMED = ("tasks", "accepted", "applied", "unapplied", "duplicates", "duplicate_
           "duplicate_side_effects", "phantoms", "unworked", "counter_drift", "reordered", "acked", "broken_acks")
 KEEP_YOUNG_S = 120.0  # unapplied events younger than this keep their accepted_at (for `pending`)
 
-TABLES = ("events", "effects", "task_states")  # each with tx, the id of its last writer (db.SCHEMA)
+# each with tx, the id of its last writer (db.SCHEMA); deleted_states: a tombstone per deleted state
+TABLES = ("events", "effects", "task_states", "deleted_states")
 
 
 @dataclass

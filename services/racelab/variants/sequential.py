@@ -49,7 +49,11 @@ class Sequential(Variant):
     async def drain(self) -> None:
         async with self.ctx.pool.acquire() as lock_conn:
             waited = time.perf_counter()
-            await lock_conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+            try:
+                await lock_conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+            except BaseException:  # e.g. a timeout that raced the grant: never pool a held lock
+                lock_conn.terminate()
+                raise
             metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
             try:
                 while await self.apply_next():

@@ -35,7 +35,7 @@ RELAY_IDLE_S = 1.0         # a relay looks at the outbox at least this often (ro
 # the dev server's SQLite fell behind, "context deadline exceeded", apply p99 53 s). So: claim
 # once no ack came for RELAY_QUIET_S, or RELAY_LINGER_MAX_S after the first one.
 RELAY_QUIET_S = 0.05
-RELAY_LINGER_MAX_S = 0.3
+RELAY_LINGER_MAX_S = 0.5
 RELAY_BACKOFF_MAX_S = 2.0  # while Temporal or PostgreSQL is down
 RELAY_SIGNAL_TIMEOUT_S = 10.0  # a relay pass gives up on a Temporal that does not answer
 

@@ -38,9 +38,9 @@ async def serve(port: int) -> None:
                     activities=[activities.load_state, activities.apply_events, naive.respond],
                     # a workflow whose sticky worker was killed moves to another worker this soon
                     sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
-                    # a task's workflow runs until the task is cancelled: the cache of workflows
-                    # (1000 by default) would keep growing with the tasks (seen in make soak); an
-                    # evicted one replays its history when its next event comes
+                    # a task's workflow completes when idle (workflow.IDLE_COMPLETE_S), and the
+                    # cache (1000 by default) is bounded too: with many busy tasks an evicted
+                    # workflow replays its history when its next event comes
                     max_cached_workflows=MAX_CACHED_WORKFLOWS)
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
