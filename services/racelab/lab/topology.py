@@ -109,11 +109,7 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  # WAL with synchronous=normal: durable across a crash of the server process (not
                  # of the machine); took signal-with-start ingest from ~50 to ~100 events/s here
                  "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                 # a task's workflow completes when idle; its closed run then leaves the history
-                 # caches after 2 min, not the default hour (make soak: the dev server grew
-                 # linearly, +21 % in 10 min, as the caches filled with closed runs)
-                 "--dynamic-config-value", 'history.cacheTTL="2m"',
-                 "--dynamic-config-value", 'history.eventsCacheTTL="2m"',
+
                  "--ui-disable-news-fetch"),  # the UI must not reach out to the network
                 (settings.temporal_port,), "temporal",
                 extra_ports=(settings.temporal_ui_port, settings.temporal_metrics_port, settings.temporal_http_port)),
