@@ -35,6 +35,7 @@ from .read import agent_states
 # summed per variant; lost is kept as "unapplied" and split into pending / lost at results()
 SUMMED = ("tasks", "accepted", "applied", "unapplied", "duplicates", "duplicate_applications",
           "duplicate_side_effects", "phantoms", "unworked", "counter_drift", "reordered", "acked", "broken_acks")
+FULL_LOAD_CHUNK = 50_000  # events (with their tasks' states and effects) read at once by a full load
 KEEP_YOUNG_S = 120.0  # unapplied events younger than this keep their accepted_at (for `pending`)
 
 # each with tx, the id of its last writer (db.SCHEMA); deleted_states: a tombstone per deleted state
@@ -121,17 +122,28 @@ class IncrementalCounts:
         return keys
 
     async def _full_load(self, conn) -> int:
-        events = await conn.fetch(
-            """SELECT variant, task_id, agent_id, event_id, sequence_id, extract(epoch FROM accepted_at)::float8 AS t
-               FROM events WHERE task_id LIKE $1""", self.like)
-        states = await conn.fetch(
-            "SELECT variant, task_id, agent_id, state FROM task_states WHERE task_id LIKE $1", self.like)
-        effects = await conn.fetch(
-            """SELECT variant, task_id, agent_id, event_id, count(*) AS n FROM effects WHERE task_id LIKE $1
-               GROUP BY variant, task_id, agent_id, event_id""", self.like)
-        keys = set(self.ledger or ())
-        states = await agent_states(conn, events, states, effects)  # variant "agent": through its invariant
-        self._apply(events, states, effects, keys)
+        """Every task, about FULL_LOAD_CHUNK events' worth of tasks at a time (in the refresh's one
+        snapshot): the rows of a million events never sit in memory at once, and the process's
+        high-water mark stays that of one chunk."""
+        sizes = {(r["variant"], r["task_id"]): r["n"] for r in await conn.fetch(
+            """SELECT variant, task_id, count(*) AS n FROM events WHERE task_id LIKE $1
+               GROUP BY variant, task_id""", self.like)}
+        for r in await conn.fetch(
+                """SELECT variant, task_id FROM task_states WHERE task_id LIKE $1
+                   UNION SELECT variant, task_id FROM effects WHERE task_id LIKE $1""", self.like):
+            sizes.setdefault((r["variant"], r["task_id"]), 1)
+        for key in self.ledger or ():
+            sizes.setdefault(key, 1)
+        chunk: set[tuple] = set()
+        events = 0
+        for key in sorted(sizes):
+            chunk.add(key)
+            events += sizes[key]
+            if events >= FULL_LOAD_CHUNK:
+                await self._recount(conn, chunk)
+                chunk, events = set(), 0
+        if chunk:
+            await self._recount(conn, chunk)
         return len(self.tasks)
 
     async def _recount(self, conn, keys: set[tuple]) -> None:
