@@ -109,7 +109,6 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  # WAL with synchronous=normal: durable across a crash of the server process (not
                  # of the machine); took signal-with-start ingest from ~50 to ~100 events/s here
                  "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-
                  "--ui-disable-news-fetch"),  # the UI must not reach out to the network
                 (settings.temporal_port,), "temporal",
                 extra_ports=(settings.temporal_ui_port, settings.temporal_metrics_port, settings.temporal_http_port)),
