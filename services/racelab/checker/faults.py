@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .counts import FinalState, LoggedEvent
 
@@ -26,18 +26,24 @@ def applied_times(states: Iterable[FinalState]) -> dict[tuple[str, str], float]:
     return out
 
 
-def fault_window(events: Iterable[LoggedEvent], states: Iterable[FinalState], fault_at: float,
-                 back_at: float | None, variants: Iterable[str] = ()) -> dict[str, dict]:
+def first_applications(events: Iterable[LoggedEvent], states: Iterable[FinalState]) \
+        -> Iterator[tuple[LoggedEvent, float | None]]:
+    """Each event once (its first record in the log; a re-send is the same event), with when it
+    was first applied (None: never)."""
     applied = applied_times(states)
-    out = {v: {"in_flight": 0, "recovery_s": 0.0 if back_at is not None else None} for v in variants}
     seen: set[tuple[str, str]] = set()
     for e in events:
         key = (e.variant, e.event_id)
-        if key in seen:
-            continue
-        seen.add(key)
+        if key not in seen:
+            seen.add(key)
+            yield e, applied.get(key)
+
+
+def fault_window(events: Iterable[LoggedEvent], states: Iterable[FinalState], fault_at: float,
+                 back_at: float | None, variants: Iterable[str] = ()) -> dict[str, dict]:
+    out = {v: {"in_flight": 0, "recovery_s": 0.0 if back_at is not None else None} for v in variants}
+    for e, t in first_applications(events, states):
         w = out.setdefault(e.variant, {"in_flight": 0, "recovery_s": 0.0 if back_at is not None else None})
-        t = applied.get(key)
         if e.accepted_at <= fault_at and (t is None or t > fault_at):
             w["in_flight"] += 1
         if back_at is not None and e.accepted_at <= back_at and w["recovery_s"] is not None:

@@ -11,22 +11,15 @@ from __future__ import annotations
 from typing import Iterable
 
 from .counts import FinalState, LoggedEvent, percentile
-from .faults import applied_times
+from .faults import first_applications
 
 
 def keep_up(events: Iterable[LoggedEvent], states: Iterable[FinalState], start: float, end: float,
             variants: Iterable[str] = ()) -> dict[str, dict]:
     length = max(1e-9, end - start)
-    applied = applied_times(states)
     acc: dict[str, dict] = {v: {"acked": 0, "applied": 0, "backlog_at_end": 0, "latencies": []} for v in variants}
-    seen: set[tuple[str, str]] = set()
-    for e in events:
-        key = (e.variant, e.event_id)
-        if key in seen:
-            continue
-        seen.add(key)
+    for e, t in first_applications(events, states):
         a = acc.setdefault(e.variant, {"acked": 0, "applied": 0, "backlog_at_end": 0, "latencies": []})
-        t = applied.get(key)
         if start <= e.accepted_at <= end:
             a["acked"] += 1
         if t is not None and start <= t <= end:
