@@ -32,8 +32,7 @@ def test_record_event_in_one_statement(scratch_db):
 
 
 async def _record(dsn: str) -> None:
-    pool = await db.create_pool(dsn)
-    try:
+    async with await db.create_pool(dsn) as pool:
         task = f"t-{uuid.uuid4().hex[:8]}"
         first = event(task)
         assert await db.record_event(pool, VARIANT, first) is True
@@ -63,8 +62,6 @@ async def _record(dsn: str) -> None:
             await db.record_event(pool, VARIANT, third, outbox={"event_id": third.event_id})
         assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", third.event_id) == 0
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", third.event_id) == 0
-    finally:
-        await pool.close()
 
 
 def test_an_event_takes_its_seq_after_the_task_row_lock(scratch_db):
@@ -74,8 +71,7 @@ def test_an_event_takes_its_seq_after_the_task_row_lock(scratch_db):
 
 
 async def _seq_after_lock(dsn: str) -> None:
-    pool = await db.create_pool(dsn)
-    try:
+    async with await db.create_pool(dsn) as pool:
         task = f"t-{uuid.uuid4().hex[:8]}"
         await db.record_event(pool, VARIANT, event(task))
         async with pool.acquire() as holder:
@@ -91,8 +87,6 @@ async def _seq_after_lock(dsn: str) -> None:
         assert await recording is True
         seq = await pool.fetchval("SELECT seq FROM events WHERE event_id = $1", late.event_id)
         assert seq > taken
-    finally:
-        await pool.close()
 
 
 def test_commit_batch_refuses_a_stale_holder(scratch_db):
@@ -100,8 +94,7 @@ def test_commit_batch_refuses_a_stale_holder(scratch_db):
 
 
 async def _commit_batch(dsn: str) -> None:
-    pool = await db.create_pool(dsn)
-    try:
+    async with await db.create_pool(dsn) as pool:
         task = f"t-{uuid.uuid4().hex[:8]}"
         await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))
         ids = [str(uuid.uuid4()) for _ in range(3)]
@@ -126,8 +119,6 @@ async def _commit_batch(dsn: str) -> None:
         assert state["history"] == ids[:2] and state["processing_count"] == 2
         after = await pool.fetchrow(db.READ_BATCH, VARIANT, task, AGENT, AGENT, 50)
         assert (after["cursor"], after["event_ids"]) == (batch["seqs"][1], ids[2:])
-    finally:
-        await pool.close()
 
 
 def test_write_state_if_version(scratch_db):
@@ -135,8 +126,7 @@ def test_write_state_if_version(scratch_db):
 
 
 async def _if_version(dsn: str) -> None:
-    pool = await db.create_pool(dsn)
-    try:
+    async with await db.create_pool(dsn) as pool:
         task = f"t-{uuid.uuid4().hex[:8]}"
         await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))  # a state at version 0
         assert await db.write_state_if_version(pool, VARIANT, task, AGENT, apply_events(None, ["a"]), 0) == 1
@@ -145,5 +135,3 @@ async def _if_version(dsn: str) -> None:
         assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["a", "b"]
         # no row yet counts as version 0
         assert await db.write_state_if_version(pool, VARIANT, task + "-new", AGENT, apply_events(None, ["c"]), 0) == 1
-    finally:
-        await pool.close()
