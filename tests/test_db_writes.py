@@ -64,9 +64,9 @@ async def _record(dsn: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", third.event_id) == 0
 
 
-def test_an_event_takes_its_seq_after_the_task_row_lock(scratch_db):
-    """The locked variant's cursor relies on it: while another transaction holds the task row,
-    a new event of that task waits, and its seq is taken after the holder's."""
+def test_an_event_takes_its_seq_after_the_task_order_lock(scratch_db):
+    """The locked variant's cursor relies on it: while another transaction holds the task's order
+    lock, a new event of that task waits, and its seq is taken after the holder's."""
     asyncio.run(_seq_after_lock(scratch_db))
 
 
@@ -77,11 +77,11 @@ async def _seq_after_lock(dsn: str) -> None:
         async with pool.acquire() as holder:
             tx = holder.transaction()
             await tx.start()
-            await holder.execute("SELECT 1 FROM tasks WHERE variant = $1 AND task_id = $2 FOR UPDATE", VARIANT, task)
+            await holder.execute("SELECT task_order_lock($1, $2, $3)", VARIANT, task, AGENT)
             late = event(task)
             recording = asyncio.create_task(db.record_event(pool, VARIANT, late))
             await asyncio.sleep(0.5)
-            assert not recording.done()  # waiting for the task row
+            assert not recording.done()  # waiting for the task's order lock
             taken = await holder.fetchval("SELECT nextval(pg_get_serial_sequence('events', 'seq'))")
             await tx.commit()
         assert await recording is True
@@ -135,3 +135,32 @@ async def _if_version(dsn: str) -> None:
         assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["a", "b"]
         # no row yet counts as version 0
         assert await db.write_state_if_version(pool, VARIANT, task + "-new", AGENT, apply_events(None, ["c"]), 0) == 1
+
+
+def test_an_event_behind_a_cancel_is_refused(scratch_db):
+    """task/cancel takes the task's order lock: an event that waits behind it reads the cancel
+    (a fresh snapshot after the lock), and an event recorded before it commits before it."""
+    asyncio.run(_behind_cancel(scratch_db))
+
+
+async def _behind_cancel(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        ref = TaskRef(AGENT, task, {})
+        await db.record_event(pool, VARIANT, event(task))
+        async with pool.acquire() as holder:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT task_order_lock($1, $2, $3)", VARIANT, task, AGENT)
+            cancelling = asyncio.create_task(db.cancel_task(pool, VARIANT, ref))
+            await asyncio.sleep(0.3)  # the cancel waits first
+            late = event(task)
+            recording = asyncio.create_task(db.record_event(pool, VARIANT, late))
+            await asyncio.sleep(0.3)
+            assert not cancelling.done() and not recording.done()
+            await tx.commit()
+        assert await cancelling is True
+        with pytest.raises(db.TaskCancelled):
+            await recording
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", late.event_id) == 0
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 1

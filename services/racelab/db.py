@@ -22,9 +22,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     agent_id      text NOT NULL,
     status        text NOT NULL DEFAULT 'running',
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    last_event_at timestamptz,
     PRIMARY KEY (variant, task_id, agent_id)
 );
+-- It was updated by every event, so a burst to one task queued on one hot row; the locked
+-- sweeper now reads the events' accepted_at.
+ALTER TABLE tasks DROP COLUMN IF EXISTS last_event_at;
 -- The event log. seq orders events per task: record_event commits them in seq order per task.
 CREATE TABLE IF NOT EXISTS events (
     seq         bigserial PRIMARY KEY,
@@ -130,6 +132,54 @@ BEGIN
 END $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER task_states_tombstone AFTER DELETE ON task_states
     FOR EACH ROW EXECUTE FUNCTION task_states_tombstone();
+-- The order lock of a task's events: an advisory lock to the commit (the two-key form, apart from
+-- the lab's one-key advisory locks). record_event takes it before the event's seq, so the events of
+-- one task get their seq and commit one at a time, in seq order (a BIGSERIAL alone can commit out
+-- of order across connections; with this, a cursor that has seen seq N has seen every event of the
+-- task below N). cancel_task takes it too, so every event accepted before a cancel commits first.
+-- A lock in memory: the task row it replaces was rewritten by every event (a new row version, its
+-- WAL, a queue of waiters on one hot row).
+CREATE OR REPLACE FUNCTION task_order_lock(p_variant text, p_task_id text, p_agent_id text) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_advisory_xact_lock(20261126, hashtext(p_variant || chr(31) || p_task_id || chr(31) || p_agent_id))
+$$;
+-- Record an event (db.record_event): one call, one round trip. A plpgsql function is VOLATILE,
+-- so under READ COMMITTED each statement in it takes a fresh snapshot, after the order lock:
+-- it sees what the lock's previous holder (another event, a cancel) committed.
+-- status null: the event id was recorded for another task, nothing written (no task row either);
+-- status 'cancelled': nothing written; seq null otherwise: a re-send. p_outbox: the outbox row of
+-- a new event (the temporal variant's relay), in the same transaction.
+CREATE OR REPLACE FUNCTION record_event(p_variant text, p_task_id text, p_agent_id text, p_event_id text,
+                                        p_sequence_id bigint, p_content jsonb, p_outbox jsonb,
+                                        OUT status text, OUT seq bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM task_order_lock(p_variant, p_task_id, p_agent_id);
+    IF EXISTS (SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_id
+               AND (e.task_id <> p_task_id OR e.agent_id <> p_agent_id)) THEN
+        RETURN;
+    END IF;
+    SELECT t.status INTO record_event.status FROM tasks t
+    WHERE t.variant = p_variant AND t.task_id = p_task_id AND t.agent_id = p_agent_id;
+    IF NOT FOUND THEN  -- (a task/create in flight for it: wait for it, take its status)
+        INSERT INTO tasks AS t (variant, task_id, agent_id) VALUES (p_variant, p_task_id, p_agent_id)
+        ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = t.status
+        RETURNING t.status INTO record_event.status;
+    END IF;
+    IF record_event.status = 'cancelled' THEN
+        RETURN;
+    END IF;
+    INSERT INTO events AS e (variant, event_id, task_id, agent_id, sequence_id, content)
+    VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_sequence_id, p_content)
+    ON CONFLICT (variant, event_id) DO NOTHING
+    RETURNING e.seq INTO record_event.seq;
+    IF record_event.seq IS NOT NULL AND p_outbox IS NOT NULL THEN
+        INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
+        VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_outbox)
+        ON CONFLICT (variant, event_id) DO NOTHING;
+    END IF;
+END $$;
 -- Faults injected by the nemesis (racelab.nemesis): when, what, and when it was back.
 CREATE TABLE IF NOT EXISTS faults (
     id       bigserial PRIMARY KEY,
@@ -209,81 +259,38 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
                        outbox: dict | None = None) -> bool:
     """Record an event durably in the event log. Returns True if it is new, False for a re-send.
 
-    The upsert of the task row takes that row's lock until commit, so the events of one task
-    are assigned seq and committed one at a time, in seq order. A BIGSERIAL alone can commit
-    out of order across connections; with this, a cursor that has seen seq N has seen every
-    event of the task below N.
+    The database function record_event (SCHEMA) takes the task's order lock first, so the events
+    of one task are assigned seq and committed one at a time, in seq order.
 
     handoff runs inside the transaction (temporal-naive signals its workflow there, queue adds to
     its stream), so an event is either recorded and handed off, or neither. outbox: a row for the
-    outbox (the temporal variant's relay), written in the same statement as the event, on every
-    delivery (a re-send brings back a row a relay already removed).
+    outbox (the temporal variant's relay), written with a new event, and again on a re-send (a
+    re-send brings back a row a relay already removed).
     """
+    args = (variant, event.task_id, event.agent_id, event.event_id, event.sequence_id, event.content, outbox)
     if handoff is None:  # one statement, one round trip: its own transaction
-        if outbox is None:
-            row = await pool.fetchrow(RECORD_EVENT, variant, event.task_id, event.agent_id, event.event_id,
-                                      event.sequence_id, event.content)
-        else:
-            row = await pool.fetchrow(RECORD_EVENT_WITH_OUTBOX, variant, event.task_id, event.agent_id,
-                                      event.event_id, event.sequence_id, event.content, outbox)
-        if row["status"] == "cancelled":
-            raise TaskCancelled(event.task_id)
-        fresh = row["seq"] is not None
-        if not fresh:
-            await _check_owner(pool, variant, event)
-            if outbox is not None:  # a re-send: its row again, if a relay already removed it
-                await pool.execute(INSERT_OUTBOX, variant, event.event_id, event.task_id, event.agent_id, outbox)
-        return fresh
+        return await _recorded(pool, variant, event, outbox, await pool.fetchrow(RECORD_EVENT, *args))
     async with pool.acquire() as conn, conn.transaction():
-        status = await conn.fetchval(
-            """INSERT INTO tasks (variant, task_id, agent_id, last_event_at)
-               VALUES ($1, $2, $3, clock_timestamp())
-               ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET last_event_at = clock_timestamp()
-               RETURNING status""", variant, event.task_id, event.agent_id)
-        if status == "cancelled":
-            raise TaskCancelled(event.task_id)
-        seq = await conn.fetchval(
-            """INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
-               VALUES ($1, $2, $3, $4, $5, $6)
-               ON CONFLICT (variant, event_id) DO NOTHING RETURNING seq""",
-            variant, event.event_id, event.task_id, event.agent_id, event.sequence_id, event.content)
-        fresh = seq is not None
-        if not fresh:
-            await _check_owner(conn, variant, event)
-        if outbox is not None:
-            await conn.execute(INSERT_OUTBOX, variant, event.event_id, event.task_id, event.agent_id, outbox)
+        fresh = await _recorded(conn, variant, event, outbox, await conn.fetchrow(RECORD_EVENT, *args))
         await handoff(conn, fresh)
         return fresh
 
 
-# record_event without a handoff, in one statement. The event's INSERT reads the task's upsert,
-# so it runs after the upsert took the task row's lock (held to the commit): the events of one
-# task still get their seq and commit one at a time, in seq order. An event id already recorded
-# for another task writes nothing (no task row either): status and seq come back null and
-# record_event refuses it. The outbox row (temporal) is written for a new event only; a re-send
-# brings its row back after the ownership check (record_event).
-RECORD_EVENT = """
-WITH task AS (
-    INSERT INTO tasks (variant, task_id, agent_id, last_event_at)
-    SELECT $1, $2, $3, clock_timestamp()
-    WHERE NOT EXISTS (SELECT 1 FROM events WHERE variant = $1 AND event_id = $4
-                      AND (task_id <> $2 OR agent_id <> $3))
-    ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET last_event_at = clock_timestamp()
-    RETURNING status),
-event AS (
-    INSERT INTO events (variant, event_id, task_id, agent_id, sequence_id, content)
-    SELECT $1, $4, $2, $3, $5, $6 FROM task WHERE task.status <> 'cancelled'
-    ON CONFLICT (variant, event_id) DO NOTHING RETURNING seq)
-SELECT (SELECT status FROM task) AS status, (SELECT seq FROM event) AS seq"""
-RECORD_EVENT_WITH_OUTBOX = RECORD_EVENT.replace("""
-SELECT (SELECT status""", """,
-outbox AS (
-    INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
-    SELECT $1, $4, $2, $3, $7 FROM event
-    ON CONFLICT (variant, event_id) DO NOTHING)
-SELECT (SELECT status""")
+RECORD_EVENT = "SELECT status, seq FROM record_event($1, $2, $3, $4, $5, $6, $7)"
 INSERT_OUTBOX = """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT (variant, event_id) DO NOTHING"""
+
+
+async def _recorded(conn, variant: str, event: Event, outbox: dict | None, row: asyncpg.Record) -> bool:
+    """What record_event's row says: cancelled, refused (an id of another task), a re-send or new."""
+    if row["status"] == "cancelled":
+        raise TaskCancelled(event.task_id)
+    fresh = row["seq"] is not None
+    if not fresh:
+        await _check_owner(conn, variant, event)
+        if outbox is not None:  # a re-send: its row again, if a relay already removed it
+            await conn.execute(INSERT_OUTBOX, variant, event.event_id, event.task_id, event.agent_id, outbox)
+    return fresh
 
 
 async def _check_owner(conn, variant: str, event: Event) -> None:
@@ -311,9 +318,12 @@ async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
 
 async def cancel_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> bool:
     """task/cancel: later events for the task are refused. False if the task is unknown."""
-    done = await pool.execute(
-        "UPDATE tasks SET status = 'cancelled' WHERE variant = $1 AND task_id = $2 AND agent_id = $3",
-        variant, ref.task_id, ref.agent_id)
+    async with pool.acquire() as conn, conn.transaction():
+        # after the events being recorded for the task (their order lock), before any later one
+        await conn.execute("SELECT task_order_lock($1, $2, $3)", variant, ref.task_id, ref.agent_id)
+        done = await conn.execute(
+            "UPDATE tasks SET status = 'cancelled' WHERE variant = $1 AND task_id = $2 AND agent_id = $3",
+            variant, ref.task_id, ref.agent_id)
     return done != "UPDATE 0"
 
 

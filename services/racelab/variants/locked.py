@@ -4,8 +4,8 @@ Under the lock, list the events after the cursor, serve them with one model call
 the state and move the cursor forward in one transaction. Why nothing is skipped:
 - every event triggers a drain that runs after the event committed and waits for the lock, so
   the last event of a burst is listed by its own drain if no earlier holder saw it;
-- record_event commits the events of one task in seq order, so the cursor never passes an
-  event that commits later.
+- record_event commits the events of one task in seq order (their order lock), so the cursor
+  never passes an event that commits later.
 Why nothing is applied twice, whatever crashes or pauses:
 - the fencing token is taken in PostgreSQL, on the tracker row the write checks, right after
   the lock: a Redis restart (which forgets locks and counters) cannot make it go backwards;
@@ -160,9 +160,10 @@ class Locked(Variant):
                        LEFT JOIN trackers tr USING (variant, task_id, agent_id)
                        LEFT JOIN task_states sh ON sh.variant = t.variant AND sh.task_id = t.task_id
                                                 AND sh.agent_id = $3
-                       WHERE t.variant = $1 AND t.last_event_at < clock_timestamp() - make_interval(secs => $2)
+                       WHERE t.variant = $1
                        AND EXISTS (SELECT 1 FROM events e WHERE e.variant = t.variant AND e.task_id = t.task_id
-                                   AND e.agent_id = t.agent_id AND e.seq > COALESCE(tr.last_processed_seq, 0))""",
+                                   AND e.agent_id = t.agent_id AND e.seq > COALESCE(tr.last_processed_seq, 0)
+                                   AND e.accepted_at < clock_timestamp() - make_interval(secs => $2))""",
                     self.name, interval, SHARED_AGENT)
             except Exception:
                 log.exception("sweep failed")
