@@ -41,36 +41,43 @@ class TaskActivities:
 
     @activity.defn(name="apply_events")
     async def apply_events(self, params: dict) -> int:
-        """Call the model once for a batch of events and apply them; returns the state's new version.
+        """Call the model once for the events of a batch that the state does not have yet, apply
+        them and write the state if no one wrote it meanwhile; again until every event of the
+        batch is in the state. Returns the state's new version.
 
-        Guarded by the version the workflow expects: if a previous attempt of this activity
-        already wrote (only its completion was lost), the retry changes nothing and makes no
-        model call. An attempt that died between its model call and its write leaves one
-        repeated model call per event of the batch, which the checker counts as duplicate
-        side effects (the events in flight at the fault).
+        The state's history is the check, not the version the workflow expected (params
+        "version", kept for the runs that pass it): "the version moved, so my batch was applied"
+        holds only if a retry always brings the same batch. It did not with local activities,
+        tried on 2026-11-26: a workflow task that timed out after the write ran again with a
+        larger batch (signals that came meanwhile), and the events the first attempt had not
+        seen were lost (471 of 30,850 under make load USERS=100). A retry of an attempt that
+        wrote makes no model call; an attempt that died between its model call and its write
+        leaves one repeated model call per event, which the checker counts as duplicate side
+        effects (the events in flight at the fault).
         """
         variant, task_id, agent_id = params["variant"], params["task_id"], params["agent_id"]
-        event_ids = [e["event_id"] for e in params["events"]]
         started = time.perf_counter()
-        row = await db.read_state(self.pool, variant, task_id, agent_id)
-        if (row["version"] if row else 0) != params["version"]:
-            activity.logger.warning("state of %s at version %d, expected %d: already applied",
-                                    task_id, row["version"] if row else 0, params["version"])
-            return row["version"] if row else 0
-        await heartbeating(self.model.call(self.pool, variant, task_id, agent_id, event_ids))
-        state = apply_events(row["state"] if row else None, event_ids)
-        state["workflow_runs"] = params["workflow_runs"]
-        version = await db.write_state_if_version(self.pool, variant, task_id, agent_id, state, params["version"])
-        if version is None:  # written meanwhile: an earlier attempt of this activity got there first
-            activity.logger.warning("state of %s moved past version %d: already applied", task_id, params["version"])
+        while True:
             row = await db.read_state(self.pool, variant, task_id, agent_id)
-            return row["version"] if row else 0
+            state, version = (row["state"], row["version"]) if row else (None, 0)
+            have = set(state["history"]) if state else set()
+            events = [e for e in params["events"] if e["event_id"] not in have]
+            if not events:
+                return version
+            event_ids = [e["event_id"] for e in events]
+            await heartbeating(self.model.call(self.pool, variant, task_id, agent_id, event_ids))
+            new_state = apply_events(state, event_ids)
+            new_state["workflow_runs"] = params["workflow_runs"]
+            written = await db.write_state_if_version(self.pool, variant, task_id, agent_id, new_state, version)
+            if written is not None:
+                break
+            activity.logger.warning("state of %s moved past version %d meanwhile: reading it again", task_id, version)
         now = time.time()
         metrics.STATE_WRITES.labels(variant).inc(len(event_ids))
         metrics.BATCH_SIZE.labels(variant).observe(len(event_ids))
         metrics.HANDLER_SECONDS.labels(variant).observe(time.perf_counter() - started)
-        for event in params["events"]:
+        for event in events:
             if "accepted_at" in event:
                 metrics.APPLY_SECONDS.labels(variant).observe(now - event["accepted_at"])
                 metrics.SIGNAL_TO_APPLY.labels(variant).observe(now - event["signalled_at"])
-        return version
+        return written

@@ -7,9 +7,9 @@ interleaves at the await and loses updates. Here the signal handler only enqueue
 the event id) and the run loop applies one event at a time, so there is no interleaving to lose
 anything to. The run loop takes every pending event (up to BATCH_LIMIT) and applies them
 with one activity and one model call, as locked does with a cursor batch: a burst to one task
-costs a few activity round trips, not one per event. Before the history grows too long the workflow continues as new, carrying the
-count of applied events and the events still pending; the applied ids come back from the
-state in PostgreSQL.
+costs a few activity round trips, not one per event. Before the history grows too long the
+workflow continues as new, carrying the count of applied events and the events still pending;
+the applied ids come back from the state in PostgreSQL.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ BATCH_LIMIT = 50
 IDLE_COMPLETE_S = 30.0
 # Sized to the work: an activity heartbeats while it waits for the model, so a killed worker's
 # activity is retried elsewhere after HEARTBEAT_TIMEOUT, whatever the model's latency; the long
-# start-to-close only bounds a hung one.
+# start-to-close only bounds a hung one. (Local activities were tried, 2026-11-26: the dev server's
+# CPU per event fell by about a fifth, but a killed worker's batch then waits for the workflow
+# task timeout, and under make load USERS=100 timed-out workflow tasks ran batches again.)
 ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=120), heartbeat_timeout=timedelta(seconds=2),
                         retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200),
                                                  maximum_interval=timedelta(seconds=2)))
@@ -40,7 +42,7 @@ ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=120), heartbeat
 # Not sandboxed: the sandbox re-imports and proxies modules on every activation, and under
 # `make load USERS=100` the workers' activations competed for the same 2 cores as everything else.
 # The code is deterministic without it: no I/O, no clock, no randomness; only workflow.* APIs and
-# plain data (a replay test runs it against real histories: tests/test_temporal_replay.py).
+# plain data (a replay test runs it against real histories: tests/test_temporal_idle.py).
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
 class TaskWorkflow:
     def __init__(self) -> None:
@@ -63,7 +65,14 @@ class TaskWorkflow:
 
     @workflow.run
     async def run(self, params: dict) -> dict:
+        # Runs started before the idle watch replay as they ran (a timer per wait in their history).
+        self._watching = workflow.patched("idle-watch")
         task = {k: params[k] for k in ("variant", "task_id", "agent_id")}
+        idle_s = params.get("idle_complete_s") or IDLE_COMPLETE_S
+        if self._watching:
+            self._busy_at = workflow.time()
+            self._idle = False
+            self._watch = asyncio.create_task(self._watch_idle(idle_s))  # dropped when the run ends
         loaded = await workflow.execute_activity("load_state", task, **ACTIVITY_OPTIONS)
         # The state of each agent of the task, by its agent id ("*": the task's one shared
         # state, task.params.shared_state): the workflow is the task's, its events may come from
@@ -79,10 +88,11 @@ class TaskWorkflow:
         can_after = int(params.get("continue_as_new_after") or 0)
         applied_this_run = 0
         while True:
-            if workflow.patched("idle-complete"):  # runs started before this change replay without it
+            if self._watching:
+                await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled or self._idle)
+            elif workflow.patched("idle-complete"):  # runs started before this change replay without it
                 try:
-                    await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled,
-                                                  timeout=params.get("idle_complete_s") or IDLE_COMPLETE_S)
+                    await workflow.wait_condition(lambda: bool(self._pending) or self._cancelled, timeout=idle_s)
                 except asyncio.TimeoutError:
                     pass  # idle: complete below, unless a signal came with the timer
             else:
@@ -97,6 +107,7 @@ class TaskWorkflow:
             # the lab knob continue_as_new_after counts events exactly: a batch never crosses it
             limit = min(BATCH_LIMIT, can_after - applied_this_run) if can_after else BATCH_LIMIT
             batch, self._pending = self._pending[:limit], self._pending[limit:]
+            self._busy_at, self._idle = workflow.time(), False
             by_owner: dict[str, list[dict]] = {}
             for e in batch:
                 owner = task["agent_id"] if task["agent_id"] == SHARED_AGENT else e.get("agent_id") or task["agent_id"]
@@ -117,6 +128,19 @@ class TaskWorkflow:
                     **ACTIVITY_OPTIONS)
                 applied.update(e["event_id"] for e in events)
             applied_this_run += len(batch)
+            self._busy_at = workflow.time()
             if workflow.info().is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new({**params, "pending": self._pending, "runs": runs})
+
+    async def _watch_idle(self, idle_s: float) -> None:
+        """Flag the run idle once no batch started or ended for idle_s. One timer per idle_s: a
+        wait with a timeout, as before, started and cancelled a timer for every batch (two
+        history events and a timer task for the dev server each time)."""
+        while True:
+            remaining = self._busy_at + idle_s - workflow.time()
+            if remaining <= 0:
+                if not self._pending:
+                    self._idle = True
+                remaining = idle_s
+            await asyncio.sleep(max(remaining, 0.1))  # a workflow timer
