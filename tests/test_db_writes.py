@@ -164,3 +164,27 @@ async def _behind_cancel(dsn: str) -> None:
             await recording
         assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", late.event_id) == 0
         assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 1
+
+
+def test_an_id_taken_by_another_task_meanwhile_leaves_no_task_row(scratch_db):
+    """Two first sends of one event id under two tasks at once pass the first check under their
+    own order locks; the one that loses the event row must not leave its task row behind."""
+    asyncio.run(_taken_meanwhile(scratch_db))
+
+
+async def _taken_meanwhile(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        first, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+        taken = event(first)
+        async with pool.acquire() as holder:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.fetchrow(db.RECORD_EVENT, VARIANT, first, AGENT, taken.event_id, 1, {}, None)  # not committed
+            losing = asyncio.create_task(db.record_event(pool, VARIANT, event(other, taken.event_id)))
+            await asyncio.sleep(0.5)
+            assert not losing.done()  # waits on the event id's uncommitted row
+            await tx.commit()
+        with pytest.raises(db.EventIdConflict):
+            await losing
+        assert await pool.fetchval("SELECT count(*) FROM tasks WHERE task_id = $1", other) == 0
+        assert await pool.fetchval("SELECT task_id FROM events WHERE event_id = $1", taken.event_id) == first

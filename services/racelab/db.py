@@ -25,8 +25,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     PRIMARY KEY (variant, task_id, agent_id)
 );
 -- It was updated by every event, so a burst to one task queued on one hot row; the locked
--- sweeper now reads the events' accepted_at.
-ALTER TABLE tasks DROP COLUMN IF EXISTS last_event_at;
+-- sweeper now reads the events' accepted_at. (Checked first: DROP COLUMN IF EXISTS would take
+-- the table's strongest lock on every schema apply.)
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'tasks' AND column_name = 'last_event_at') THEN
+        ALTER TABLE tasks DROP COLUMN last_event_at;
+    END IF;
+END $$;
 -- The event log. seq orders events per task: record_event commits them in seq order per task.
 CREATE TABLE IF NOT EXISTS events (
     seq         bigserial PRIMARY KEY,
@@ -146,9 +152,11 @@ $$;
 -- Record an event (db.record_event): one call, one round trip. A plpgsql function is VOLATILE,
 -- so under READ COMMITTED each statement in it takes a fresh snapshot, after the order lock:
 -- it sees what the lock's previous holder (another event, a cancel) committed.
--- status null: the event id was recorded for another task, nothing written (no task row either);
--- status 'cancelled': nothing written; seq null otherwise: a re-send. p_outbox: the outbox row of
--- a new event (the temporal variant's relay), in the same transaction.
+-- status null: the event id was recorded for another task, nothing written; status 'cancelled':
+-- nothing written; seq null otherwise: a re-send. The task row is created after the event, so an
+-- id that another task takes at the same moment (both pass the first check, under different
+-- order locks) leaves no task row either. p_outbox: the outbox row of a new event (the temporal
+-- variant's relay), in the same transaction.
 CREATE OR REPLACE FUNCTION record_event(p_variant text, p_task_id text, p_agent_id text, p_event_id text,
                                         p_sequence_id bigint, p_content jsonb, p_outbox jsonb,
                                         OUT status text, OUT seq bigint)
@@ -162,19 +170,22 @@ BEGIN
     END IF;
     SELECT t.status INTO record_event.status FROM tasks t
     WHERE t.variant = p_variant AND t.task_id = p_task_id AND t.agent_id = p_agent_id;
-    IF NOT FOUND THEN  -- (a task/create in flight for it: wait for it, take its status)
-        INSERT INTO tasks AS t (variant, task_id, agent_id) VALUES (p_variant, p_task_id, p_agent_id)
-        ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = t.status
-        RETURNING t.status INTO record_event.status;
-    END IF;
-    IF record_event.status = 'cancelled' THEN
+    IF record_event.status = 'cancelled' THEN  -- (a cancel takes the order lock: none is in flight)
         RETURN;
     END IF;
     INSERT INTO events AS e (variant, event_id, task_id, agent_id, sequence_id, content)
     VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_sequence_id, p_content)
     ON CONFLICT (variant, event_id) DO NOTHING
     RETURNING e.seq INTO record_event.seq;
-    IF record_event.seq IS NOT NULL AND p_outbox IS NOT NULL THEN
+    IF record_event.seq IS NULL THEN  -- a re-send, or the id just went to another task
+        RETURN;
+    END IF;
+    IF record_event.status IS NULL THEN  -- a new task (a task/create in flight for it: wait, take its status)
+        INSERT INTO tasks AS t (variant, task_id, agent_id) VALUES (p_variant, p_task_id, p_agent_id)
+        ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = t.status
+        RETURNING t.status INTO record_event.status;
+    END IF;
+    IF p_outbox IS NOT NULL THEN
         INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
         VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_outbox)
         ON CONFLICT (variant, event_id) DO NOTHING;
