@@ -53,7 +53,9 @@ class TaskActivities:
         seen were lost (471 of 30,850 under make load USERS=100). A retry of an attempt that
         wrote makes no model call; an attempt that died between its model call and its write
         leaves one repeated model call per event, which the checker counts as duplicate side
-        effects (the events in flight at the fault).
+        effects (the events in flight at the fault), as does an attempt whose write lost to a
+        concurrent one (a stale attempt still running): it calls the model again for what that
+        write did not apply.
         """
         variant, task_id, agent_id = params["variant"], params["task_id"], params["agent_id"]
         started = time.perf_counter()

@@ -128,7 +128,8 @@ class TaskWorkflow:
                     **ACTIVITY_OPTIONS)
                 applied.update(e["event_id"] for e in events)
             applied_this_run += len(batch)
-            self._busy_at = workflow.time()
+            # (a batch that ran for idle_s or more may have been taken for idle: it was not)
+            self._busy_at, self._idle = workflow.time(), False
             if workflow.info().is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new({**params, "pending": self._pending, "runs": runs})
