@@ -110,9 +110,9 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  # of the machine); took signal-with-start ingest from ~50 to ~100 events/s here
                  "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
                  # a task's workflow completes when idle; its closed run must then leave the history
-                 # cache (8096 runs here): the cache drops an expired entry only when it is touched,
-                 # unless it evicts in the background. make soak, dev server PSS over 10 min: +21 %
-                 # before, +13 % with this (the rest: Go heap kept per run, README "make soak")
+                 # cache (8096 entries, its cache_size metric), which drops an expired entry only
+                 # when touched, unless it evicts in the background. make soak, dev server PSS over
+                 # 10 min: +21 % before, +13 % with this (the rest: Go heap kept per run, README)
                  "--dynamic-config-value", 'history.cacheTTL="2m"',
                  "--dynamic-config-value",
                  'history.cacheBackgroundEvict={{"Enabled":true,"LoopInterval":"30s","MaxEntryPerCall":4096}}',  # ({{}}: format)
