@@ -155,8 +155,8 @@ $$;
 -- status null: the event id was recorded for another task, nothing written; status 'cancelled':
 -- nothing written; seq null otherwise: a re-send. The task row is created after the event, so an
 -- id that another task takes at the same moment (both pass the first check, under different
--- order locks) leaves no task row either. p_outbox: the outbox row of a new event (the temporal
--- variant's relay), in the same transaction.
+-- order locks) leaves no task row either. p_outbox: the outbox row (the temporal variant's
+-- relay), in the same transaction, for a new event and again for a re-send.
 CREATE OR REPLACE FUNCTION record_event(p_variant text, p_task_id text, p_agent_id text, p_event_id text,
                                         p_sequence_id bigint, p_content jsonb, p_outbox jsonb,
                                         OUT status text, OUT seq bigint)
@@ -178,6 +178,16 @@ BEGIN
     ON CONFLICT (variant, event_id) DO NOTHING
     RETURNING e.seq INTO record_event.seq;
     IF record_event.seq IS NULL THEN  -- a re-send, or the id just went to another task
+        IF NOT EXISTS (SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_id
+                       AND e.task_id = p_task_id AND e.agent_id = p_agent_id) THEN
+            record_event.status := NULL;  -- another task's: refused, nothing written
+            RETURN;
+        END IF;
+        IF p_outbox IS NOT NULL THEN  -- a re-send: its outbox row again, if a relay already removed it
+            INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
+            VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_outbox)
+            ON CONFLICT (variant, event_id) DO NOTHING;
+        END IF;
         RETURN;
     END IF;
     IF record_event.status IS NULL THEN  -- a new task (a task/create in flight for it: wait, take its status)
@@ -280,36 +290,23 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
     """
     args = (variant, event.task_id, event.agent_id, event.event_id, event.sequence_id, event.content, outbox)
     if handoff is None:  # one statement, one round trip: its own transaction
-        return await _recorded(pool, variant, event, outbox, await pool.fetchrow(RECORD_EVENT, *args))
+        return _recorded(event, await pool.fetchrow(RECORD_EVENT, *args))
     async with pool.acquire() as conn, conn.transaction():
-        fresh = await _recorded(conn, variant, event, outbox, await conn.fetchrow(RECORD_EVENT, *args))
+        fresh = _recorded(event, await conn.fetchrow(RECORD_EVENT, *args))
         await handoff(conn, fresh)
         return fresh
 
 
 RECORD_EVENT = "SELECT status, seq FROM record_event($1, $2, $3, $4, $5, $6, $7)"
-INSERT_OUTBOX = """INSERT INTO outbox (variant, event_id, task_id, agent_id, payload) VALUES ($1, $2, $3, $4, $5)
-                   ON CONFLICT (variant, event_id) DO NOTHING"""
 
 
-async def _recorded(conn, variant: str, event: Event, outbox: dict | None, row: asyncpg.Record) -> bool:
+def _recorded(event: Event, row: asyncpg.Record) -> bool:
     """What record_event's row says: cancelled, refused (an id of another task), a re-send or new."""
     if row["status"] == "cancelled":
         raise TaskCancelled(event.task_id)
-    fresh = row["seq"] is not None
-    if not fresh:
-        await _check_owner(conn, variant, event)
-        if outbox is not None:  # a re-send: its row again, if a relay already removed it
-            await conn.execute(INSERT_OUTBOX, variant, event.event_id, event.task_id, event.agent_id, outbox)
-    return fresh
-
-
-async def _check_owner(conn, variant: str, event: Event) -> None:
-    """A re-sent event id must name the task it was first recorded for."""
-    owner = await conn.fetchrow("SELECT task_id, agent_id FROM events WHERE variant = $1 AND event_id = $2",
-                                variant, event.event_id)
-    if owner is None or (owner["task_id"], owner["agent_id"]) != (event.task_id, event.agent_id):
+    if row["status"] is None:
         raise EventIdConflict(event.event_id)
+    return row["seq"] is not None
 
 
 async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
