@@ -36,6 +36,15 @@ async def send_event(settings, variant: str, task_id: str, event_id: str, sequen
     return await post(settings, variant, body)
 
 
+async def send_events(settings, variant: str, task_id: str, event_ids, first_sequence_id: int = 1,
+                      task_params=None) -> list[int]:
+    """The events all in flight at once (sequence ids counting from first_sequence_id); their
+    HTTP statuses, in order."""
+    replies = await asyncio.gather(*(send_event(settings, variant, task_id, eid, first_sequence_id + i, task_params)
+                                     for i, eid in enumerate(event_ids)))
+    return [status for status, _ in replies]
+
+
 async def get_state(settings, variant: str, task_id: str, agent_id: str = AGENT["id"]):
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{settings.gateway_url}/{variant}/tasks/{task_id}/state",

@@ -7,7 +7,7 @@ import time
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
-from helpers import counts_for, get_state, new_id, send_event
+from helpers import counts_for, get_state, new_id, send_events
 from racelab.worker.workflow import TaskWorkflow
 
 
@@ -22,9 +22,7 @@ async def test_idle_workflow_completes_and_the_next_event_starts_a_new_run(lab):
     task = new_id("idle")
     params = {"idle_complete_s": 1}
     first = [f"{task}-a{i}" for i in range(5)]
-    replies = await asyncio.gather(*(send_event(lab.settings, "temporal", task, eid, i + 1, task_params=params)
-                                     for i, eid in enumerate(first)))
-    assert [r[0] for r in replies] == [200] * 5
+    assert await send_events(lab.settings, "temporal", task, first, task_params=params) == [200] * 5
     c = (await counts_for(lab.settings, task))["temporal"]
     assert (c.accepted, c.applied, c.lost, c.duplicates) == (5, 5, 0, 0)
     client = await Client.connect(lab.settings.temporal_address)
@@ -36,9 +34,7 @@ async def test_idle_workflow_completes_and_the_next_event_starts_a_new_run(lab):
 
     # the next events (one a re-send of an applied event) go to a new run, applied once each
     second = [f"{task}-b{i}" for i in range(5)]
-    replies = await asyncio.gather(*(send_event(lab.settings, "temporal", task, eid, 6 + i, task_params=params)
-                                     for i, eid in enumerate(second + first[:1])))
-    assert [r[0] for r in replies] == [200] * 6
+    assert await send_events(lab.settings, "temporal", task, second + first[:1], 6, params) == [200] * 6
     c = (await counts_for(lab.settings, task))["temporal"]
     assert (c.accepted, c.applied, c.lost, c.duplicates, c.duplicate_side_effects) == (10, 10, 0, 0, 0)
     status, body = await get_state(lab.settings, "temporal", task)

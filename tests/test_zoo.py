@@ -11,7 +11,7 @@ from racelab import db
 from racelab.clients.burst import burst_and_check, event_send
 from racelab.nemesis.runtimes import NativeRuntime
 
-from helpers import counts_for, get_state, new_id, send_event
+from helpers import counts_for, get_state, new_id, send_event, send_events
 
 ZOO = ("temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock", "queue", "optimistic")
 TASKS, EVENTS = 8, 20  # 160 concurrent events per variant, all seven at once: about 20 s on 2 cores
@@ -114,9 +114,8 @@ async def test_lock_only_fails_when_processing_outlives_the_lock(lab):
     reads the state the first has not written yet."""
     task = new_id("zoo-lease")
     params = {"model_latency_ms": 400, "lock_ttl_s": 0.15}
-    replies = await asyncio.gather(*(send_event(lab.settings, "lock-only", task, f"{task}-{i}", i, params)
-                                     for i in range(8)))
-    assert [r[0] for r in replies] == [200] * 8
+    ids = [f"{task}-{i}" for i in range(8)]
+    assert await send_events(lab.settings, "lock-only", task, ids, 0, params) == [200] * 8
     c = (await counts_for(lab.settings, task))["lock-only"]
     assert c.lost > 0 and c.counter_drift < 0
 
