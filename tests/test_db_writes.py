@@ -5,7 +5,9 @@ lab's): what each refuses is what keeps the guarded variants exact.
   naming another task (refused), a cancelled task (nothing recorded), and the outbox row the
   temporal variant writes in the same statement on every delivery;
 - commit_batch (locked): a stale fence or a moved cursor writes nothing, state nor cursor;
-- write_state_if_version (temporal's activity): a moved version writes nothing.
+- write_state_if_version (temporal's activity): a moved version writes nothing;
+- EventRecorder (the pods' group commit): a task's concurrent events in one round trip, in
+  arrival order, each with its own outcome (new, re-send, refused id, refused value, cancelled).
 """
 from __future__ import annotations
 
@@ -188,3 +190,78 @@ async def _taken_meanwhile(dsn: str) -> None:
             await losing
         assert await pool.fetchval("SELECT count(*) FROM tasks WHERE task_id = $1", other) == 0
         assert await pool.fetchval("SELECT task_id FROM events WHERE event_id = $1", taken.event_id) == first
+
+
+def event_with(task_id: str, text: str, event_id: str | None = None) -> Event:
+    return Event(agent_id=AGENT, task_id=task_id, task_params={}, event_id=event_id or str(uuid.uuid4()),
+                 sequence_id=1, content={"type": "text", "author": "user", "content": text})
+
+
+def test_the_recorder_takes_a_tasks_concurrent_events_in_one_round_trip(scratch_db):
+    asyncio.run(_group_commit(scratch_db))
+
+
+async def _group_commit(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        recorder = db.EventRecorder(pool)
+        calls = 0
+        record = recorder._record
+
+        async def counted(variant, batch):
+            nonlocal calls
+            calls += 1
+            return await record(variant, batch)
+        recorder._record = counted
+        task, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+        events = [event(task) for _ in range(30)]
+        assert await asyncio.gather(*(recorder.record(VARIANT, e) for e in events)) == [True] * 30
+        assert calls == 1
+        rows = await pool.fetch("SELECT event_id FROM events WHERE task_id = $1 ORDER BY seq", task)
+        assert [r["event_id"] for r in rows] == [e.event_id for e in events]  # seq in arrival order
+        # another task's events go in a round trip of their own; a lone event goes at once
+        assert await asyncio.gather(recorder.record(VARIANT, event(other)), recorder.record(VARIANT, events[0])) \
+            == [True, False]
+        assert calls == 3
+        # one batch, an outcome each: a re-send, an id of another task, the same id twice, an
+        # outbox row; a value PostgreSQL refuses fails that event alone
+        twice = event(task)
+        mixed = [events[1], event(task, events[2].event_id), event(other, events[3].event_id), twice, twice,
+                 event_with(task, "nul \u0000 in jsonb"), event(task)]
+        outboxes = [None, None, None, {"event_id": twice.event_id}, None, None, None]
+        got = await asyncio.gather(*(recorder.record(VARIANT, e, o) for e, o in zip(mixed, outboxes)),
+                                   return_exceptions=True)
+        assert got[:5] == [False, False, got[2], True, False] and isinstance(got[2], db.EventIdConflict)
+        assert isinstance(got[5], db.DATA_ERRORS) and got[6] is True
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 32
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", mixed[5].event_id) == 0
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", twice.event_id) == 1
+        # a cancelled task: every event of the batch refused, nothing written
+        await db.cancel_task(pool, VARIANT, TaskRef(AGENT, task, {}))
+        late = [event(task) for _ in range(3)]
+        got = await asyncio.gather(*(recorder.record(VARIANT, e) for e in late), return_exceptions=True)
+        assert all(isinstance(g, db.TaskCancelled) for g in got)
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 32
+        assert not recorder._queued  # nothing left waiting
+
+
+def test_the_recorder_fails_a_batch_when_postgresql_is_gone_and_keeps_recording(scratch_db):
+    asyncio.run(_recorder_down(scratch_db))
+
+
+async def _recorder_down(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        recorder = db.EventRecorder(pool)
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        record = recorder._record
+        failures = iter([ConnectionResetError("PostgreSQL went away")])
+
+        async def flaky(variant, batch):
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return await record(variant, batch)
+        recorder._record = flaky
+        first = await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(g, ConnectionResetError) for g in first)
+        assert await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3))) == [True] * 3
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 3

@@ -6,6 +6,7 @@ a variant keeps privately.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
@@ -149,58 +150,66 @@ CREATE OR REPLACE FUNCTION task_order_lock(p_variant text, p_task_id text, p_age
 LANGUAGE sql VOLATILE AS $$
     SELECT pg_advisory_xact_lock(20261126, hashtext(p_variant || chr(31) || p_task_id || chr(31) || p_agent_id))
 $$;
--- Record an event (db.record_event): one call, one round trip. A plpgsql function is VOLATILE,
--- so under READ COMMITTED each statement in it takes a fresh snapshot, after the order lock:
--- it sees what the lock's previous holder (another event, a cancel) committed.
--- status null: the event id was recorded for another task, nothing written; status 'cancelled':
--- nothing written; seq null otherwise: a re-send. The task row is created after the event, so an
--- id that another task takes at the same moment (both pass the first check, under different
--- order locks) leaves no task row either. p_outbox: the outbox row (the temporal variant's
--- relay), in the same transaction, for a new event and again for a re-send.
-CREATE OR REPLACE FUNCTION record_event(p_variant text, p_task_id text, p_agent_id text, p_event_id text,
-                                        p_sequence_id bigint, p_content jsonb, p_outbox jsonb,
-                                        OUT status text, OUT seq bigint)
+-- Record events of one task (db.record_event, db.EventRecorder): one call, one round trip, one
+-- transaction; the events in array order. A plpgsql function is VOLATILE, so under READ COMMITTED
+-- each statement in it takes a fresh snapshot, after the order lock: it sees what the lock's
+-- previous holder (another call, a cancel) committed.
+-- A row per event, in order. status null: the event id was recorded for another task, nothing
+-- written; status 'cancelled': nothing written; seq null otherwise: a re-send (or an id twice in
+-- the arrays). The task row is created after the task's first new event, so an id that another
+-- task takes at the same moment (both pass the first check, under different order locks) leaves
+-- no task row either. p_outboxes: the outbox row of each event (the temporal variant's relay; null
+-- for none), in the same transaction, for a new event and again for a re-send.
+CREATE OR REPLACE FUNCTION record_events(p_variant text, p_task_id text, p_agent_id text, p_event_ids text[],
+                                         p_sequence_ids bigint[], p_contents jsonb[], p_outboxes jsonb[])
+RETURNS TABLE (status text, seq bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
+DECLARE
+    task_status text;
+    i int;
 BEGIN
     PERFORM task_order_lock(p_variant, p_task_id, p_agent_id);
-    IF EXISTS (SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_id
-               AND (e.task_id <> p_task_id OR e.agent_id <> p_agent_id)) THEN
-        RETURN;
-    END IF;
-    SELECT t.status INTO record_event.status FROM tasks t
+    -- (a cancel takes the order lock too: the status cannot change while this holds it)
+    SELECT t.status INTO task_status FROM tasks t
     WHERE t.variant = p_variant AND t.task_id = p_task_id AND t.agent_id = p_agent_id;
-    IF record_event.status = 'cancelled' THEN  -- (a cancel takes the order lock: none is in flight)
-        RETURN;
-    END IF;
-    INSERT INTO events AS e (variant, event_id, task_id, agent_id, sequence_id, content)
-    VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_sequence_id, p_content)
-    ON CONFLICT (variant, event_id) DO NOTHING
-    RETURNING e.seq INTO record_event.seq;
-    IF record_event.seq IS NULL THEN  -- a re-send, or the id just went to another task
-        IF NOT EXISTS (SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_id
-                       AND e.task_id = p_task_id AND e.agent_id = p_agent_id) THEN
-            record_event.status := NULL;  -- another task's: refused, nothing written
-            RETURN;
+    FOR i IN 1 .. coalesce(array_length(p_event_ids, 1), 0) LOOP
+        record_events.status := task_status;
+        record_events.seq := NULL;
+        IF EXISTS (SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_ids[i]
+                   AND (e.task_id <> p_task_id OR e.agent_id <> p_agent_id)) THEN
+            record_events.status := NULL;  -- another task's: refused, nothing written
+        ELSIF task_status = 'cancelled' THEN
+            NULL;  -- refused, nothing written
+        ELSE
+            INSERT INTO events AS e (variant, event_id, task_id, agent_id, sequence_id, content)
+            VALUES (p_variant, p_event_ids[i], p_task_id, p_agent_id, p_sequence_ids[i], p_contents[i])
+            ON CONFLICT (variant, event_id) DO NOTHING
+            RETURNING e.seq INTO record_events.seq;
+            IF record_events.seq IS NULL AND NOT EXISTS (
+                    SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_ids[i]
+                    AND e.task_id = p_task_id AND e.agent_id = p_agent_id) THEN
+                record_events.status := NULL;  -- the id just went to another task: refused
+            ELSE
+                IF task_status IS NULL THEN  -- a new task (a task/create in flight for it: wait, take its status)
+                    INSERT INTO tasks AS t (variant, task_id, agent_id) VALUES (p_variant, p_task_id, p_agent_id)
+                    ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = t.status
+                    RETURNING t.status INTO task_status;
+                    record_events.status := task_status;
+                END IF;
+                -- a re-send writes its outbox row again, if a relay already removed it
+                IF p_outboxes[i] IS NOT NULL THEN
+                    INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
+                    VALUES (p_variant, p_event_ids[i], p_task_id, p_agent_id, p_outboxes[i])
+                    ON CONFLICT (variant, event_id) DO NOTHING;
+                END IF;
+            END IF;
         END IF;
-        IF p_outbox IS NOT NULL THEN  -- a re-send: its outbox row again, if a relay already removed it
-            INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
-            VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_outbox)
-            ON CONFLICT (variant, event_id) DO NOTHING;
-        END IF;
-        RETURN;
-    END IF;
-    IF record_event.status IS NULL THEN  -- a new task (a task/create in flight for it: wait, take its status)
-        INSERT INTO tasks AS t (variant, task_id, agent_id) VALUES (p_variant, p_task_id, p_agent_id)
-        ON CONFLICT (variant, task_id, agent_id) DO UPDATE SET status = t.status
-        RETURNING t.status INTO record_event.status;
-    END IF;
-    IF p_outbox IS NOT NULL THEN
-        INSERT INTO outbox (variant, event_id, task_id, agent_id, payload)
-        VALUES (p_variant, p_event_id, p_task_id, p_agent_id, p_outbox)
-        ON CONFLICT (variant, event_id) DO NOTHING;
-    END IF;
+        RETURN NEXT;
+    END LOOP;
 END $$;
+-- its one-event predecessor (pods of an older version are gone once the lab restarts)
+DROP FUNCTION IF EXISTS record_event(text, text, text, text, bigint, jsonb, jsonb);
 -- Faults injected by the nemesis (racelab.nemesis): when, what, and when it was back.
 CREATE TABLE IF NOT EXISTS faults (
     id       bigserial PRIMARY KEY,
@@ -280,13 +289,13 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
                        outbox: dict | None = None) -> bool:
     """Record an event durably in the event log. Returns True if it is new, False for a re-send.
 
-    The database function record_event (SCHEMA) takes the task's order lock first, so the events
-    of one task are assigned seq and committed one at a time, in seq order.
+    The database function record_events (SCHEMA) takes the task's order lock first, so the events
+    of one task are assigned seq and committed one call at a time, in seq order.
 
     handoff runs inside the transaction (temporal-naive signals its workflow there, queue adds to
     its stream), so an event is either recorded and handed off, or neither. outbox: a row for the
     outbox (the temporal variant's relay), written with a new event, and again on a re-send (a
-    re-send brings back a row a relay already removed).
+    re-send brings back a row a relay already removed). Pods record through an EventRecorder.
     """
     args = (variant, event.task_id, event.agent_id, event.event_id, event.sequence_id, event.content, outbox)
     if handoff is None:  # one statement, one round trip: its own transaction
@@ -297,16 +306,103 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
         return fresh
 
 
-RECORD_EVENT = "SELECT status, seq FROM record_event($1, $2, $3, $4, $5, $6, $7)"
+RECORD_EVENT = ("SELECT status, seq FROM record_events($1, $2, $3, ARRAY[$4::text], ARRAY[$5::bigint], "
+                "ARRAY[$6::jsonb], ARRAY[$7::jsonb])")
+RECORD_EVENTS = "SELECT status, seq FROM record_events($1, $2, $3, $4, $5, $6, $7)"
+
+# What PostgreSQL (or asyncpg, encoding an argument) refuses in a value that validation let
+# through: the request's fault, answered 400 (pod.app); a batch with one falls back to one call each.
+DATA_ERRORS = (asyncpg.exceptions.DataError,               # class 22: a value PostgreSQL refuses
+               asyncpg.exceptions.ProgramLimitExceededError,  # class 54: a value too large for an index
+               asyncpg.exceptions._base.DataError,         # asyncpg could not encode an argument
+               UnicodeError)
 
 
 def _recorded(event: Event, row: asyncpg.Record) -> bool:
-    """What record_event's row says: cancelled, refused (an id of another task), a re-send or new."""
+    """What record_events' row says: cancelled, refused (an id of another task), a re-send or new."""
     if row["status"] == "cancelled":
         raise TaskCancelled(event.task_id)
     if row["status"] is None:
         raise EventIdConflict(event.event_id)
     return row["seq"] is not None
+
+
+class EventRecorder:
+    """A pod's group commit, per task: the events of a task that arrive while a recording round
+    trip for it is in flight go together in the next one (one transaction, one commit, one wait
+    for the task's order lock). They would queue behind the order lock anyway; in one call they
+    cost one round trip and one WAL flush instead of one each (a burst of 30 events to one task:
+    30 commits one after another without it). A lone event goes at once, as before; every event
+    is acked only after the commit that holds it, as before.
+    """
+    BATCH_LIMIT = 100
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self._queued: dict[tuple[str, str, str], list] = {}  # a task's events waiting; present: a flush runs
+        self._flushes: set[asyncio.Task] = set()
+
+    async def record(self, variant: str, event: Event, outbox: dict | None = None) -> bool:
+        """As record_event without a handoff: True if new, False for a re-send; raises
+        TaskCancelled, EventIdConflict, or what PostgreSQL raised."""
+        key = (variant, event.task_id, event.agent_id)
+        done = asyncio.get_running_loop().create_future()
+        queue = self._queued.get(key)
+        if queue is None:
+            self._queued[key] = queue = []
+            flush = asyncio.create_task(self._flush(key, queue))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        queue.append((event, outbox, done))
+        return await done
+
+    async def _flush(self, key: tuple[str, str, str], queue: list) -> None:
+        batch: list = []
+        try:
+            while queue:
+                batch = queue[:self.BATCH_LIMIT]
+                del queue[:self.BATCH_LIMIT]
+                try:
+                    outcomes = await self._record(key[0], batch)
+                except DATA_ERRORS as exc:
+                    # one event's value was refused: each on its own, so only that one fails
+                    outcomes = [exc] if len(batch) == 1 else [await self._record_one(key[0], item) for item in batch]
+                except Exception as exc:  # PostgreSQL down, a timeout: the batch fails (503), the next ones try
+                    outcomes = [exc] * len(batch)
+                for (_, _, done), outcome in zip(batch, outcomes):
+                    if done.done():  # its request was cancelled: the event is recorded all the same
+                        continue
+                    if isinstance(outcome, Exception):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
+        except BaseException:  # cancelled (the pod stops): nothing is left waiting
+            for _, _, done in batch + queue:
+                if not done.done():
+                    done.set_exception(ConnectionError("the pod is stopping: the event may not be recorded"))
+            raise
+        finally:
+            del self._queued[key]
+
+    async def _record_one(self, variant: str, item: tuple) -> bool | Exception:
+        event, outbox, _ = item
+        try:
+            return await record_event(self.pool, variant, event, outbox=outbox)
+        except Exception as exc:
+            return exc
+
+    async def _record(self, variant: str, batch: list) -> list:
+        events = [event for event, _, _ in batch]
+        rows = await self.pool.fetch(
+            RECORD_EVENTS, variant, events[0].task_id, events[0].agent_id, [e.event_id for e in events],
+            [e.sequence_id for e in events], [e.content for e in events], [outbox for _, outbox, _ in batch])
+        outcomes: list = []
+        for event, row in zip(events, rows):
+            try:
+                outcomes.append(_recorded(event, row))
+            except (TaskCancelled, EventIdConflict) as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:

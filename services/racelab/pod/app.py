@@ -33,9 +33,6 @@ _PG_DOWN = (asyncpg.PostgresConnectionError,      # class 08: connection failure
             asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
             asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
             asyncpg.exceptions.PostgresSystemError)  # class 58: I/O errors
-_PG_DATA = (asyncpg.exceptions.DataError,              # class 22: a value PostgreSQL refuses
-            asyncpg.exceptions.ProgramLimitExceededError,  # class 54: a value too large for an index
-            asyncpg.exceptions._base.DataError)       # asyncpg could not encode an argument
 _DEPENDENCY_MODULES = (("asyncpg", "PostgreSQL"), ("redis", "Redis"), ("temporalio", "Temporal"))
 
 
@@ -58,7 +55,7 @@ def _dependency_in_traceback(exc: BaseException) -> str:
 def classify_failure(exc: Exception) -> tuple[str, str] | None:
     """("unavailable", which dependency) for a dependency that is down or timed out;
     ("data", detail) for a value a store refused that validation let through; None otherwise."""
-    if isinstance(exc, _PG_DATA) or isinstance(exc, UnicodeError):
+    if isinstance(exc, db.DATA_ERRORS):
         return "data", f"{type(exc).__name__}: {exc}"
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
@@ -137,11 +134,12 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
 
         async def handoff(conn, fresh: bool) -> None:
             await variant.handoff(conn, event, fresh, accepted_at)
-        # a variant without a handoff records in one statement (db.RECORD_EVENT)
-        has_handoff = type(variant).handoff is not Variant.handoff
         try:
-            fresh = await db.record_event(pool, variant.name, event, handoff if has_handoff else None,
-                                          variant.outbox_payload(event, accepted_at))
+            if type(variant).handoff is not Variant.handoff:  # its own transaction per event, with the handoff
+                fresh = await db.record_event(pool, variant.name, event, handoff,
+                                              variant.outbox_payload(event, accepted_at))
+            else:  # group commit: with the task's events that arrive meanwhile, in one statement
+                fresh = await variant.ctx.recorder.record(variant.name, event, variant.outbox_payload(event, accepted_at))
         except db.TaskCancelled:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: task {event.task_id!r} is cancelled",
                            http_status=409, rpc_id=req.rpc_id) from None
@@ -213,7 +211,7 @@ def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Applic
 
     async def lifecycle(app: web.Application):
         pool = await db.create_pool(settings.pg_dsn)
-        ctx = PodContext(settings=settings, pool=pool, pod_name=pod_name,
+        ctx = PodContext(settings=settings, pool=pool, pod_name=pod_name, recorder=db.EventRecorder(pool),
                          model=Model(settings.model_latency_ms, settings.model_jitter_ms))
         variant = load_variant(variant_name, ctx)
         await variant.start()

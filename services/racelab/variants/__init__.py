@@ -24,6 +24,7 @@ class PodContext:
     pool: Any            # asyncpg.Pool
     model: Model
     pod_name: str
+    recorder: Any = None  # db.EventRecorder: how the pod records events without a handoff
 
 
 class Variant:
