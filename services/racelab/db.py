@@ -540,8 +540,6 @@ async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 if __name__ == "__main__":
     # `python -m racelab.db`: create the database and apply the schema (compose's one-shot job;
     # the native lab does the same in `lab up`).
-    import asyncio
-
     from .config import Settings
 
     _settings = Settings.from_env()
