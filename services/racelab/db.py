@@ -1,8 +1,8 @@
 """PostgreSQL: the event log, task states, agent task trackers and effects.
 
-Every variant records events the same way (record_event) and keeps state in the same table;
-they differ only in how they read-modify-write it. The checker reads these tables and nothing
-a variant keeps privately.
+Every variant records events the same way (the record_events function) and keeps state in the
+same table; they differ only in how they read-modify-write it. The checker reads these tables
+and nothing a variant keeps privately.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ DO $$ BEGIN
         ALTER TABLE tasks DROP COLUMN last_event_at;
     END IF;
 END $$;
--- The event log. seq orders events per task: record_event commits them in seq order per task.
+-- The event log. seq orders events per task: record_events commits them in seq order per task.
 CREATE TABLE IF NOT EXISTS events (
     seq         bigserial PRIMARY KEY,
     variant     text NOT NULL,
@@ -140,8 +140,8 @@ END $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER task_states_tombstone AFTER DELETE ON task_states
     FOR EACH ROW EXECUTE FUNCTION task_states_tombstone();
 -- The order lock of a task's events: an advisory lock to the commit (the two-key form, apart from
--- the lab's one-key advisory locks). record_event takes it before the event's seq, so the events of
--- one task get their seq and commit one at a time, in seq order (a BIGSERIAL alone can commit out
+-- the lab's one-key advisory locks). record_events takes it before the events' seq, so the events of
+-- one task get their seq and commit one call at a time, in seq order (a BIGSERIAL alone can commit out
 -- of order across connections; with this, a cursor that has seen seq N has seen every event of the
 -- task below N). cancel_task takes it too, so every event accepted before a cancel commits first.
 -- A lock in memory: the task row it replaces was rewritten by every event (a new row version, its

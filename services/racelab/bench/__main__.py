@@ -4,7 +4,8 @@ Against the running lab (make up), in one run:
 1. ingest (acked events/s) and apply throughput (events/s from the first send until the log is
    drained) of every running variant, next to `bare`: the same path (nginx, as many pods as a
    variant has, the same client and concurrency) to pods that ack after one durable INSERT and
-   process nothing (racelab.bench.bare_pod, started here, behind the gateway's /bare/);
+   process nothing (racelab.bench.bare_pod, started here, behind the gateway's /bare/); in
+   rounds (bare, then every variant; 3 by default), each figure the median of the rounds;
 2. the Temporal dev server's own limits (racelab.bench.temporal_limit), the temporal variant as
    a ratio to them;
 3. the time until a 30-event burst to one task is applied (locked, temporal), next to 30 × the

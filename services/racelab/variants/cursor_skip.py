@@ -3,7 +3,7 @@ it committed, batches under the lock, a fencing token, a forward-only cursor) â€
 sequence that can commit out of order.
 
 Its events are numbered by a plain BIGSERIAL in a table of its own (skip_events), inserted
-without the per-task order lock that record_event takes: the shape of Agentex's events table.
+without the per-task order lock that record_events takes: the shape of Agentex's events table.
 Two inserts of one task take seq 15 and 16; 16 commits first; a drain lists "after the cursor",
 sees 16, moves the cursor to 16; 15 commits a moment later and is never listed again. The
 event is in the event log (acked) and never applied: lost. The window between taking a seq and
