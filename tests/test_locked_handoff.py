@@ -1,6 +1,7 @@
 """locked across two pods: an event acked while another pod holds the task's lock is drained by
-that holder, which finds the ask after it lets go of the lock (real PostgreSQL and Redis of the
-lab; two Locked variants in this process stand for two pods)."""
+that holder once it has let go of the lock; if the holder lets go without serving the ask (its
+read failed), the pod that asked drains it itself, without waiting for the sweeper. Real
+PostgreSQL and Redis of the lab; two Locked variants in this process stand for two pods."""
 from __future__ import annotations
 
 import asyncio
@@ -17,56 +18,93 @@ from helpers import new_id
 AGENT = "agent-handoff"
 
 
+class TwoPodLocked(Locked):
+    name = "locked-handoff"  # not "locked": the lab's own locked pods (their sweepers) never see these tasks
+MODEL_MS = 1000.0  # pod-b asks 0.15 s into pod-a's first batch and looks at 0.65 s, 1.15 s, ...
+
+
 def event(task_id: str, n: int) -> Event:
     return Event(agent_id=AGENT, task_id=task_id, task_params={}, event_id=new_id(f"e{n}"), sequence_id=n,
                  content={"type": "text", "author": "user", "content": f"message {n}"})
 
 
-async def pod(settings, pool, name: str, model_ms: float) -> Locked:
+async def pod(settings, pool, name: str) -> Locked:
     # no sweeper wake-ups during the test: only the two drains below may process anything
     ctx = PodContext(settings=dataclasses.replace(settings, sweep_interval_s=600.0), pool=pool, pod_name=name,
-                     model=Model(model_ms, 0.0))
-    variant = Locked(ctx)
+                     model=Model(MODEL_MS, 0.0))
+    variant = TwoPodLocked(ctx)
     await variant.start()
     return variant
 
 
+def count_holds(variants) -> dict[str, int]:
+    held = {v.ctx.pod_name: 0 for v in variants}
+    for variant in variants:
+        inner = variant._drain_holding
+
+        async def counted(*args, _inner=inner, _name=variant.ctx.pod_name):
+            held[_name] += 1
+            return await _inner(*args)
+        variant._drain_holding = counted
+    return held
+
+
+async def two_events_two_pods(pool, holder: Locked, other: Locked, task: str) -> tuple[Event, Event, dict]:
+    """pod-a drains the first event (holding the lock in its model call) when the second is acked
+    by pod-b; returns when both drains are over (or after 10 s)."""
+    key = (task, AGENT, AGENT)
+    first, second = event(task, 1), event(task, 2)
+    assert await db.record_event(pool, TwoPodLocked.name, first) is True
+    holder.wake(key)
+    await asyncio.sleep(0.15)  # pod-a holds the lock, in its model call for the first event
+    assert await db.record_event(pool, TwoPodLocked.name, second) is True
+    other.wake(key)  # asks; the lock is taken
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if not holder._drainers and not other._drainers:
+            break
+    state = await db.read_state(pool, TwoPodLocked.name, task, AGENT)
+    assert state is not None, "nothing was applied"
+    return first, second, state["state"]
+
+
 async def test_an_event_acked_while_another_pod_holds_the_lock_is_drained_by_the_holder(lab):
     task = new_id("handoff")
-    key = (task, AGENT, AGENT)
     async with await db.create_pool(lab.settings.pg_dsn) as pool:
-        holder, other = await pod(lab.settings, pool, "pod-a", 400.0), await pod(lab.settings, pool, "pod-b", 400.0)
-        held = {"pod-a": 0, "pod-b": 0}
-        for variant in (holder, other):
-            inner = variant._drain_holding
-
-            async def counted(*args, _inner=inner, _name=variant.ctx.pod_name):
-                held[_name] += 1
-                return await _inner(*args)
-            variant._drain_holding = counted
+        holder, other = await pod(lab.settings, pool, "pod-a"), await pod(lab.settings, pool, "pod-b")
+        held = count_holds((holder, other))
         try:
-            first, second = event(task, 1), event(task, 2)
-            assert await db.record_event(pool, "locked", first) is True
-            holder.wake(key)
-            await asyncio.sleep(0.15)  # pod-a holds the lock, in its model call for the first event
-            assert await db.record_event(pool, "locked", second) is True
-            other.wake(key)  # asks; the lock is taken: the ask is left to pod-a
-            for _ in range(100):
-                state = await db.read_state(pool, "locked", task, AGENT)
-                if state and len(state["state"]["history"]) == 2 and not holder._drainers and not other._drainers:
-                    break
-                await asyncio.sleep(0.05)
-            assert state["state"]["history"] == [first.event_id, second.event_id]
-            assert state["state"]["processing_count"] == 2
+            first, second, state = await two_events_two_pods(pool, holder, other, task)
+            assert state["history"] == [first.event_id, second.event_id]
+            assert state["processing_count"] == 2
             # pod-a drained twice (its own event, then the ask it found after letting go); pod-b never
             # held the lock, and one model call served each event
             assert held == {"pod-a": 2, "pod-b": 0}
             assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
-            assert await lab_redis_has_no_ask(holder, task)
         finally:
             await holder.stop()
             await other.stop()
 
 
-async def lab_redis_has_no_ask(variant: Locked, task: str) -> bool:
-    return not await variant.redis.exists(f"racelab:ask:{task}:{AGENT}")
+async def test_an_ask_the_holder_did_not_serve_is_drained_by_the_pod_that_asked(lab):
+    task = new_id("handoff-failed")
+    async with await db.create_pool(lab.settings.pg_dsn) as pool:
+        holder, other = await pod(lab.settings, pool, "pod-a"), await pod(lab.settings, pool, "pod-b")
+        held = count_holds((holder, other))
+        batches = holder.process_batch
+        calls = 0
+
+        async def second_read_fails(*args):
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # pod-a's drain for pod-b's ask: PostgreSQL times out
+                raise asyncio.TimeoutError("the read timed out")
+            return await batches(*args)
+        holder.process_batch = second_read_fails
+        try:
+            first, second, state = await two_events_two_pods(pool, holder, other, task)
+            assert state["history"] == [first.event_id, second.event_id]
+            assert held == {"pod-a": 2, "pod-b": 1}  # pod-b took the lock once pod-a let go unserved
+        finally:
+            await holder.stop()
+            await other.stop()

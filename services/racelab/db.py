@@ -156,9 +156,9 @@ $$;
 -- previous holder (another call, a cancel) committed.
 -- A row per event, in order. status null: the event id was recorded for another task, nothing
 -- written; status 'cancelled': nothing written; seq null otherwise: a re-send (or an id twice in
--- the arrays). The task row is created after the task's first new event, so an id that another
--- task takes at the same moment (both pass the first check, under different order locks) leaves
--- no task row either. p_outboxes: the outbox row of each event (the temporal variant's relay; null
+-- the arrays). The task row is created after the task's first recorded event, so an id that
+-- another task takes at the same moment (both pass the first check, under different order locks)
+-- leaves no task row either. p_outboxes: the outbox row of each event (the temporal variant's relay; null
 -- for none), in the same transaction, for a new event and again for a re-send.
 CREATE OR REPLACE FUNCTION record_events(p_variant text, p_task_id text, p_agent_id text, p_event_ids text[],
                                          p_sequence_ids bigint[], p_contents jsonb[], p_outboxes jsonb[])
@@ -167,7 +167,6 @@ LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
     task_status text;
-    i int;
 BEGIN
     PERFORM task_order_lock(p_variant, p_task_id, p_agent_id);
     -- (a cancel takes the order lock too: the status cannot change while this holds it)
@@ -295,7 +294,8 @@ async def record_event(pool: asyncpg.Pool, variant: str, event: Event, handoff: 
     handoff runs inside the transaction (temporal-naive signals its workflow there, queue adds to
     its stream), so an event is either recorded and handed off, or neither. outbox: a row for the
     outbox (the temporal variant's relay), written with a new event, and again on a re-send (a
-    re-send brings back a row a relay already removed). Pods record through an EventRecorder.
+    re-send brings back a row a relay already removed). The pods of variants without a handoff
+    record through an EventRecorder.
     """
     args = (variant, event.task_id, event.agent_id, event.event_id, event.sequence_id, event.content, outbox)
     if handoff is None:  # one statement, one round trip: its own transaction
@@ -342,6 +342,10 @@ class EventRecorder:
         self._queued: dict[tuple[str, str, str], list] = {}  # a task's events waiting; present: a flush runs
         self._flushes: set[asyncio.Task] = set()
 
+    async def close(self) -> None:
+        """Let the round trips in flight end (before the pool closes)."""
+        await asyncio.gather(*self._flushes, return_exceptions=True)
+
     async def record(self, variant: str, event: Event, outbox: dict | None = None) -> bool:
         """As record_event without a handoff: True if new, False for a re-send; raises
         TaskCancelled, EventIdConflict, or what PostgreSQL raised."""
@@ -364,13 +368,15 @@ class EventRecorder:
                 del queue[:self.BATCH_LIMIT]
                 try:
                     outcomes = await self._record(key[0], batch)
-                except DATA_ERRORS as exc:
-                    # one event's value was refused: each on its own, so only that one fails
+                except (*DATA_ERRORS, asyncpg.exceptions.TransactionRollbackError) as exc:
+                    # one event's value was refused, or the batch deadlocked with another task's
+                    # (each holding an event id the other sends too): each on its own, so only
+                    # that one fails
                     outcomes = [exc] if len(batch) == 1 else [await self._record_one(key[0], item) for item in batch]
                 except Exception as exc:  # PostgreSQL down, a timeout: the batch fails (503), the next ones try
                     outcomes = [exc] * len(batch)
-                for (_, _, done), outcome in zip(batch, outcomes):
-                    if done.done():  # its request was cancelled: the event is recorded all the same
+                for (_, _, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():  # its request was cancelled (the event may be recorded all the same)
                         continue
                     if isinstance(outcome, Exception):
                         done.set_exception(outcome)
@@ -397,7 +403,7 @@ class EventRecorder:
             RECORD_EVENTS, variant, events[0].task_id, events[0].agent_id, [e.event_id for e in events],
             [e.sequence_id for e in events], [e.content for e in events], [outbox for _, outbox, _ in batch])
         outcomes: list = []
-        for event, row in zip(events, rows):
+        for event, row in zip(events, rows, strict=True):
             try:
                 outcomes.append(_recorded(event, row))
             except (TaskCancelled, EventIdConflict) as exc:

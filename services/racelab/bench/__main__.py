@@ -201,15 +201,20 @@ async def drain(settings: Settings, prefix: str, t0: float) -> tuple[float, obje
 
 
 async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 180.0) -> None:
-    """Wait until the temporal workflows of a round have completed. They complete once idle for
-    30 s (worker.workflow.IDLE_COMPLETE_S): their completions would otherwise land in the next
-    round's measurements of the other targets."""
+    """Wait until the workflows of a temporal variant's ingest have completed. They complete once
+    idle for 30 s (worker.workflow.IDLE_COMPLETE_S): their completions would otherwise land in
+    the measurements of the targets after it."""
     from temporalio.client import Client
     client = await Client.connect(settings.temporal_address)
-    query = f"WorkflowId STARTS_WITH '{prefix}' AND ExecutionStatus = 'Running'"
-    say("  waiting for this round's temporal workflows to complete (idle)")
+    # temporal's workflow id is the task id, temporal-naive's "temporal-naive/<task id>"
+    query = (f"(WorkflowId STARTS_WITH '{prefix}' OR WorkflowId STARTS_WITH 'temporal-naive/{prefix}') "
+             "AND ExecutionStatus = 'Running'")
+    say("  waiting for its workflows to complete (idle after 30 s)")
     deadline = time.monotonic() + timeout_s
-    while (await client.count_workflows(query)).count and time.monotonic() < deadline:
+    while (running := (await client.count_workflows(query)).count):
+        if time.monotonic() > deadline:
+            say(f"  {running} workflows still running after {timeout_s:.0f} s: the next figures may include them")
+            return
         await asyncio.sleep(1.0)
 
 
@@ -259,10 +264,10 @@ async def measure(settings: Settings, args) -> dict:
                                    "cpu": cpu_ms_per_event(before, cpu_seconds(settings, [p.pid for p in bare]), n)})
             say(f"  bare: {rate:.0f} events/s ({n})")
             for variant in args.variants:
-                rounds[variant].append(await ingest_and_drain(settings, args, variant,
-                                                              f"bench-{stamp}-r{round_no}-ingest-{variant}-"))
-            if "temporal" in args.variants:
-                await settle_temporal(settings, f"bench-{stamp}-r{round_no}-")
+                prefix = f"bench-{stamp}-r{round_no}-ingest-{variant}-"
+                rounds[variant].append(await ingest_and_drain(settings, args, variant, prefix))
+                if variant in ("temporal", "temporal-naive"):
+                    await settle_temporal(settings, prefix)
     finally:
         for p in bare:
             p.terminate()

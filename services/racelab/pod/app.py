@@ -63,6 +63,8 @@ def classify_failure(exc: Exception) -> tuple[str, str] | None:
         return "unavailable", "Temporal"
     if isinstance(exc, _PG_DOWN) or isinstance(exc, asyncpg.InterfaceError):
         return "unavailable", "PostgreSQL"
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):  # class 40: a deadlock; a retry succeeds
+        return "unavailable", "PostgreSQL"
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return "unavailable", "Redis"
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
@@ -219,6 +221,7 @@ def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Applic
         metrics.init(variant_name)
         yield
         await variant.stop()
+        await ctx.recorder.close()
         await pool.close()
 
     app.cleanup_ctx.append(lifecycle)

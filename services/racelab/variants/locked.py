@@ -2,10 +2,11 @@
 
 Under the lock, list the events after the cursor, serve them with one model call, then write
 the state and move the cursor forward in one transaction. Why nothing is skipped:
-- every event triggers a drain after the event committed: it asks (a Redis key), then takes
-  the lock, or, if another pod holds it, leaves the ask to the holder, which clears asks before
-  it reads and drains again for an ask it finds after letting go of the lock; so the last event
-  of a burst is listed by a read that began after it committed, whoever holds the lock;
+- every event triggers a drain after the event committed: it asks (a numbered ask in Redis),
+  then takes the lock, or, if another pod holds it, waits until a holder whose read began after
+  the ask has written its batches (the ask is served), taking the lock itself if the holder lets
+  go without serving it; so the last event of a burst is listed by a read that began after it
+  committed, whoever holds the lock;
 - the events of one task commit in seq order (record_events takes their order lock), so the
   cursor never passes an event that commits later.
 Why nothing is applied twice, whatever crashes or pauses:
@@ -39,8 +40,12 @@ from ..state import SHARED_AGENT, apply_events, state_agent
 from . import Variant
 
 log = logging.getLogger("racelab.locked")
-ASK_CHECK_S = 0.5  # how often a drainer that asked looks whether its ask was taken (or the lock is free)
-ASK_TTL_S = 60     # an ask nobody took (a holder died, Redis lost it) is the sweeper's
+ASK_CHECK_S = 0.5  # how often a drain that asked looks whether its ask was served (or the lock is free)
+ASKS_TTL_S = 3600  # a task's ask numbers: kept while it is drained, gone an hour after its last ask
+# served := max(served, ARGV[1]), atomically (two holders one after the other may finish out of order)
+SERVE = """local s = tonumber(redis.call('HGET', KEYS[1], 'served') or '0')
+if tonumber(ARGV[1]) > s then redis.call('HSET', KEYS[1], 'served', ARGV[1]) end
+return 0"""
 Key = tuple[str, str, str]  # (task_id, agent_id, whose state: agent_id, or "*" with task.params.shared_state)
 
 
@@ -50,6 +55,7 @@ class Locked(Variant):
     async def start(self) -> None:
         self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
         await self.redis.ping()
+        self._serve = self.redis.register_script(SERVE)
         self._wanted: set[Key] = set()
         self._drainers: dict[Key, asyncio.Task] = {}
         self.spawn(self._sweep_forever(), "locked sweeper")
@@ -85,21 +91,26 @@ class Locked(Variant):
 
     async def drain(self, key: Key) -> None:
         """Ask for the task's events to be drained, then take the lock if it is free. If another
-        pod holds it, that holder drains for this ask: it looks for asks after it lets go of the
-        lock, and a holder clears the ask before it reads, so its read sees every event acked
-        before the ask. Waiting for the lock instead polled Redis every 5 ms per waiting drainer
-        (about 8 Redis round trips per event in make bench). This drainer only looks again every
-        ASK_CHECK_S, in case the holder died (its lease runs out in RACELAB_LOCK_TTL_S)."""
+        pod holds it, that holder serves the ask: asks are numbered (a Redis hash per task: asked,
+        served); a holder notes the number asked before it reads, marks it served once its batches
+        are written, and after letting go of the lock drains again if more was asked. A drain that
+        asked returns once its number is served, and takes the lock itself if the holder let go
+        without serving it (a failed read, a lost lease, a dead pod whose lease ran out; a Redis
+        restart forgets both numbers and the lock: it drains itself). Waiting for the lock instead
+        polled Redis every 5 ms per waiting drainer (about 8 Redis round trips per event in make
+        bench); this one looks every ASK_CHECK_S."""
         task_id, agent_id, owner = key
         settings = self.ctx.settings
         lock = self.redis.lock(f"racelab:lock:{task_id}:{agent_id}", timeout=settings.lock_ttl_s)
-        ask = f"racelab:ask:{task_id}:{agent_id}"
-        waited = time.perf_counter()
+        asks = f"racelab:asks:{task_id}:{agent_id}"
         while True:
-            await self.redis.set(ask, self.ctx.pod_name, ex=ASK_TTL_S)
+            waited = time.perf_counter()
+            async with self.redis.pipeline(transaction=True) as pipe:
+                mine, _ = await pipe.hincrby(asks, "asked", 1).expire(asks, ASKS_TTL_S).execute()
             while not await lock.acquire(blocking=False):
                 await asyncio.sleep(ASK_CHECK_S)
-                if not await self.redis.exists(ask):  # a holder took the ask: its read sees this drain's events
+                served = await self.redis.hget(asks, "served")
+                if served is not None and int(served) >= mine:  # a holder's batches covered this ask
                     metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
                     return
                 if time.perf_counter() - waited > settings.lock_wait_s:
@@ -108,20 +119,23 @@ class Locked(Variant):
                     self._wanted.add(key)
                     return
             metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
-            await self._drain_holding(key, lock, ask)
-            if not await self.redis.exists(ask):  # no one asked while this pod held the lock
+            await self._drain_holding(key, lock, asks)
+            asked, served = await self.redis.hmget(asks, "asked", "served")
+            if asked is None or int(asked) <= int(served or 0):  # nothing asked that is not served
                 return
-            waited = time.perf_counter()
 
-    async def _drain_holding(self, key: Key, lock, ask: str) -> None:
+    async def _drain_holding(self, key: Key, lock, asks: str) -> None:
         task_id, agent_id, owner = key
         lease = Lease()
         renewer = asyncio.create_task(self._renew(lock, lease, key))
         try:
-            await self.redis.delete(ask)  # before the reads: an ask after this is looked at after the release
+            # before the reads: every ask up to this number was made after its event committed
+            asked = int(await self.redis.hget(asks, "asked") or 0)
             fence = await db.take_fence(self.ctx.pool, self.name, task_id, agent_id)
             while await self.process_batch(task_id, agent_id, owner, fence, lease) == self.ctx.settings.batch_limit:
                 pass  # a full batch: there may be more
+            if not lease.lost:  # written under a lease it still held: those asks are served
+                await self._serve(keys=[asks], args=[asked])
         finally:
             renewer.cancel()
             try:
@@ -154,6 +168,7 @@ class Locked(Variant):
         started = time.perf_counter()
         batch = await pool.fetchrow(db.READ_BATCH, self.name, task_id, agent_id, owner, self.ctx.settings.batch_limit)
         if lease.lost or batch is None or batch["fence"] != fence:
+            lease.lost = True  # a newer holder took over: it serves the asks
             metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
             log.warning("stale lock holder for %s/%s (fence %d): no model call", task_id, agent_id, fence)
             return 0
@@ -165,6 +180,7 @@ class Locked(Variant):
         written = await db.commit_batch(pool, self.name, task_id, agent_id, owner, fence, batch["cursor"],
                                         batch["seqs"][-1], new_state, f"processed batch of {len(event_ids)} events")
         if not written:
+            lease.lost = True
             metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
             log.warning("stale lock holder for %s/%s (fence %d): batch dropped", task_id, agent_id, fence)
             return 0
@@ -197,7 +213,7 @@ class Locked(Variant):
 
 
 class Lease:
-    """Whether the holder still holds its lock (set by the renewer)."""
+    """Whether the holder still holds its lock (set by the renewer, or when it was fenced)."""
     lost = False
 
 
