@@ -533,10 +533,16 @@ async def commit_batch(conn, variant: str, task_id: str, agent_id: str, owner: s
     return written == 1
 
 
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection with the lab's jsonb codec (the caller closes it)."""
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    await _init_connection(conn)
+    return conn
+
+
 @asynccontextmanager
 async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    await _init_connection(conn)
+    conn = await connect(dsn)
     try:
         yield conn
     finally:

@@ -84,6 +84,8 @@ async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None
     # counted incrementally (racelab.checker.incremental): a refresh reads only what changed
     counter = IncrementalCounts(variants=VARIANTS, latencies=False)
     refreshes = 0
+    conn = None  # one connection, kept between refreshes (a new one every 3 s was a connect, an
+    # authentication and the jsonb codec's type lookups each time); a new one after any failure
     while True:
         started, cpu_started = time.perf_counter(), time.process_time()
         pause = interval_s
@@ -91,10 +93,11 @@ async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None
             refreshes += 1
             if refreshes % FULL_RECOUNT_EVERY == 0:
                 counter.reset()  # a safety net under the incremental counts: a full read now and then
-            async with db.connection(dsn) as conn:
-                await counter.refresh(conn)
-                run = await newest_run(conn)
-                await export_faults(conn)
+            if conn is None or conn.is_closed():
+                conn = await db.connect(dsn)
+            await counter.refresh(conn)
+            run = await newest_run(conn)
+            await export_faults(conn)
             now = time.time()
             results = counter.results(now=now, grace_s=grace_s)
             for variant, counts in results.items():
@@ -117,6 +120,9 @@ async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None
                                          cpu * (1.0 / MAX_SHARE - 1.0)))
         except Exception:
             log.exception("recomputing the counts failed; retrying")
+            if conn is not None:
+                conn.terminate()
+                conn = None
         await asyncio.sleep(max(0.0, pause))
 
 
