@@ -24,9 +24,9 @@ VARIANT = "db-writes"
 AGENT = "agent-db"
 
 
-def event(task_id: str, event_id: str | None = None) -> Event:
+def event(task_id: str, event_id: str | None = None, text: str = "hi") -> Event:
     return Event(agent_id=AGENT, task_id=task_id, task_params={}, event_id=event_id or str(uuid.uuid4()),
-                 sequence_id=1, content={"type": "text", "author": "user", "content": "hi"})
+                 sequence_id=1, content={"type": "text", "author": "user", "content": text})
 
 
 def test_record_event_in_one_statement(scratch_db):
@@ -192,11 +192,6 @@ async def _taken_meanwhile(dsn: str) -> None:
         assert await pool.fetchval("SELECT task_id FROM events WHERE event_id = $1", taken.event_id) == first
 
 
-def event_with(task_id: str, text: str, event_id: str | None = None) -> Event:
-    return Event(agent_id=AGENT, task_id=task_id, task_params={}, event_id=event_id or str(uuid.uuid4()),
-                 sequence_id=1, content={"type": "text", "author": "user", "content": text})
-
-
 def test_the_recorder_takes_a_tasks_concurrent_events_in_one_round_trip(scratch_db):
     asyncio.run(_group_commit(scratch_db))
 
@@ -226,7 +221,7 @@ async def _group_commit(dsn: str) -> None:
         # outbox row; a value PostgreSQL refuses fails that event alone
         twice = event(task)
         mixed = [events[1], event(task, events[2].event_id), event(other, events[3].event_id), twice, twice,
-                 event_with(task, "nul \u0000 in jsonb"), event(task)]
+                 event(task, text="nul \u0000 in jsonb"), event(task)]
         outboxes = [None, None, None, {"event_id": twice.event_id}, None, None, None]
         got = await asyncio.gather(*(recorder.record(VARIANT, e, o) for e, o in zip(mixed, outboxes)),
                                    return_exceptions=True)

@@ -140,10 +140,10 @@ END $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER task_states_tombstone AFTER DELETE ON task_states
     FOR EACH ROW EXECUTE FUNCTION task_states_tombstone();
 -- The order lock of a task's events: an advisory lock to the commit (the two-key form, apart from
--- the lab's one-key advisory locks). record_events takes it before the events' seq, so the events of
--- one task get their seq and commit one call at a time, in seq order (a BIGSERIAL alone can commit out
--- of order across connections; with this, a cursor that has seen seq N has seen every event of the
--- task below N). cancel_task takes it too, so every event accepted before a cancel commits first.
+-- the lab's one-key advisory locks). record_events takes it before the events' seq, so the events
+-- of one task get their seq and commit one call at a time, in seq order (a BIGSERIAL alone can
+-- commit out of order across connections; with this, a cursor that has seen seq N has seen every
+-- event of the task below N). cancel_task takes it too, so every event accepted before a cancel commits first.
 -- A lock in memory: the task row it replaces was rewritten by every event (a new row version, its
 -- WAL, a queue of waiters on one hot row).
 CREATE OR REPLACE FUNCTION task_order_lock(p_variant text, p_task_id text, p_agent_id text) RETURNS void
@@ -158,8 +158,8 @@ $$;
 -- written; status 'cancelled': nothing written; seq null otherwise: a re-send (or an id twice in
 -- the arrays). The task row is created after the task's first recorded event, so an id that
 -- another task takes at the same moment (both pass the first check, under different order locks)
--- leaves no task row either. p_outboxes: the outbox row of each event (the temporal variant's relay; null
--- for none), in the same transaction, for a new event and again for a re-send.
+-- leaves no task row either. p_outboxes: the outbox row of each event (the temporal variant's
+-- relay; null for none), in the same transaction, for a new event and again for a re-send.
 CREATE OR REPLACE FUNCTION record_events(p_variant text, p_task_id text, p_agent_id text, p_event_ids text[],
                                          p_sequence_ids bigint[], p_contents jsonb[], p_outboxes jsonb[])
 RETURNS TABLE (status text, seq bigint)

@@ -24,7 +24,7 @@ STATE_WRITES = Counter("racelab_event_applications_total",
 APPLY_SECONDS = Histogram("racelab_apply_latency_seconds", "Time from an event's acceptance to its state write",
                           ["variant"], buckets=LATENCY_BUCKETS)
 LOCK_WAIT = Histogram("racelab_lock_wait_seconds",
-                      "Time waiting for the Redis lock (locked: until taken, or until its holder took the ask)",
+                      "Time waiting for the Redis lock (locked: until taken, or until a holder served its ask)",
                       ["variant"], buckets=LATENCY_BUCKETS)
 LOCK_FAILURES = Counter("racelab_lock_failures_total",
                         "Lock acquisitions that timed out, leases lost or expired while held, stale holders fenced",
