@@ -1,6 +1,6 @@
 """locked across two pods: an event acked while another pod holds the task's lock is drained by
-that holder once it has let go of the lock; if the holder lets go without serving the ask (its
-read failed), the pod that asked drains it itself, without waiting for the sweeper. Real
+that holder, which keeps the lock for another read; if the holder lets go without serving the ask
+(its read failed), the pod that asked drains it itself, without waiting for the sweeper. Real
 PostgreSQL and Redis of the lab; two Locked variants in this process stand for two pods."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from racelab import db
 from racelab.model import Model
 from racelab.protocol import Event
 from racelab.variants import PodContext
-from racelab.variants.locked import Locked
+from racelab.variants.locked import BUSY, KEEP, LOST, RELEASED, SERVED, TAKEN, Locked
 
 from helpers import new_id
 
@@ -40,12 +40,12 @@ async def pod(settings, pool, name: str) -> Locked:
 def count_holds(variants) -> dict[str, int]:
     held = {v.ctx.pod_name: 0 for v in variants}
     for variant in variants:
-        inner = variant._drain_holding
+        inner = variant._hold
 
         async def counted(*args, _inner=inner, _name=variant.ctx.pod_name):
             held[_name] += 1
             return await _inner(*args)
-        variant._drain_holding = counted
+        variant._hold = counted
     return held
 
 
@@ -77,9 +77,10 @@ async def test_an_event_acked_while_another_pod_holds_the_lock_is_drained_by_the
             first, second, state = await two_events_two_pods(pool, holder, other, task)
             assert state["history"] == [first.event_id, second.event_id]
             assert state["processing_count"] == 2
-            # pod-a drained twice (its own event, then the ask it found after letting go); pod-b never
-            # held the lock, and one model call served each event
-            assert held == {"pod-a": 2, "pod-b": 0}
+            # pod-a took the lock once: it read its own event, found pod-b's ask when its batch was
+            # written and kept the lock for a second read; pod-b never held the lock, and one model
+            # call served each event
+            assert held == {"pod-a": 1, "pod-b": 0}
             assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
         finally:
             await holder.stop()
@@ -104,7 +105,37 @@ async def test_an_ask_the_holder_did_not_serve_is_drained_by_the_pod_that_asked(
         try:
             first, second, state = await two_events_two_pods(pool, holder, other, task)
             assert state["history"] == [first.event_id, second.event_id]
-            assert held == {"pod-a": 2, "pod-b": 1}  # pod-b took the lock once pod-a let go unserved
+            assert held == {"pod-a": 1, "pod-b": 1}  # pod-b took the lock once pod-a let go unserved
         finally:
             await holder.stop()
             await other.stop()
+
+
+async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
+    """The Redis steps of a drain, one script each: ask and take, look again, serve and keep or let go."""
+    task = new_id("scripts")
+    async with await db.create_pool(lab.settings.pg_dsn) as pool:
+        v = await pod(lab.settings, pool, "pod-a")
+        lock, asks, ttl = f"racelab:lock:{task}:{AGENT}", f"racelab:asks:{task}:{AGENT}", 60
+        try:
+            assert await v._try(keys=[lock, asks], args=["a", 3000, 0, ttl]) == [1, TAKEN, 1]
+            assert await v._try(keys=[lock, asks], args=["b", 3000, 0, ttl]) == [2, BUSY, 0]  # b asks: a holds it
+            # a's batches are written: it serves ask 1 (made before its read) and keeps the lock for b's
+            assert await v._finish(keys=[lock, asks], args=["a", 1, 3000, 0, ttl]) == [KEEP, 2]
+            assert await v._try(keys=[lock, asks], args=["b", 3000, 2, ttl]) == [2, BUSY, 0]  # not served yet
+            # a's lease runs out and c takes the lock: a, writing late, serves nothing
+            await v.redis.delete(lock)
+            assert await v._try(keys=[lock, asks], args=["c", 3000, 0, ttl]) == [3, TAKEN, 3]
+            assert await v._finish(keys=[lock, asks], args=["a", 2, 3000, 0, ttl]) == [LOST, 0]
+            assert await v.redis.hget(asks, "served") == b"1"
+            # c serves up to 3 and lets go; b, looking again, finds its ask served
+            assert await v._finish(keys=[lock, asks], args=["c", 3, 3000, 0, ttl]) == [RELEASED, 3]
+            assert await v._try(keys=[lock, asks], args=["b", 3000, 2, ttl]) == [2, SERVED, 0]
+            assert not await v.redis.exists(lock)
+            # with more events on its own pod (keep = 1), a holder keeps the lock though nothing was asked
+            assert await v._try(keys=[lock, asks], args=["d", 3000, 0, ttl]) == [4, TAKEN, 4]
+            assert await v._finish(keys=[lock, asks], args=["d", 4, 3000, 1, ttl]) == [KEEP, 4]
+            assert await v.redis.get(lock) == b"d"
+        finally:
+            await v.redis.delete(lock, asks)
+            await v.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 import asyncpg
 
@@ -443,13 +443,41 @@ async def read_state(conn, variant: str, task_id: str, agent_id: str) -> asyncpg
            WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", variant, task_id, agent_id)
 
 
-async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict) -> None:
-    """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does."""
-    await conn.execute(
+class Effects(NamedTuple):
+    """A model call's effect rows, written in the statement that writes the state it produced."""
+    agent_id: str   # the agent whose events the call served (the state's owner may be "*", shared)
+    call_id: str
+    event_ids: list[str]
+
+
+# A model call's effect rows, as a CTE before the statement's own: unconditional, so a write that
+# is refused (a fenced lock holder) still leaves its model call on record.
+_EFFECTS_CTE = """WITH effect AS (INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
+                   SELECT $1, $2, ${}, ${}::uuid, unnest(${}::text[]))"""
+
+
+def _with_effects(sql: str, args: tuple, effects: Effects | None) -> tuple[str, tuple]:
+    """sql (its $1, $2 are the variant and the task), preceded by the CTE that writes effects,
+    whose parameters are numbered after args."""
+    if effects is None:
+        return sql, args
+    n = len(args)
+    cte = _EFFECTS_CTE.format(n + 1, n + 2, n + 3)
+    body = sql.lstrip()
+    sql = f"{cte},\n{body[len('WITH '):]}" if body.startswith("WITH ") else f"{cte}\n{body}"
+    return sql, (*args, effects.agent_id, effects.call_id, effects.event_ids)
+
+
+async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict,
+                      effects: Effects | None = None) -> None:
+    """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does; with
+    effects, the model call's effect rows in the same statement (one transaction, not two)."""
+    sql, args = _with_effects(
         """INSERT INTO task_states (variant, task_id, agent_id, state, version) VALUES ($1, $2, $3, $4, 1)
            ON CONFLICT (variant, task_id, agent_id) DO UPDATE
            SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()""",
-        variant, task_id, agent_id, state)
+        (variant, task_id, agent_id, state), effects)
+    await conn.execute(sql, *args)
 
 
 async def write_state_if_version(conn, variant: str, task_id: str, agent_id: str, state: dict,
@@ -515,12 +543,13 @@ WHERE tr.variant = $1 AND tr.task_id = $2 AND tr.agent_id = $3"""
 
 
 async def commit_batch(conn, variant: str, task_id: str, agent_id: str, owner: str, fence: int, cursor: int,
-                       seq: int, state: dict, reason: str) -> bool:
+                       seq: int, state: dict, reason: str, effects: Effects | None = None) -> bool:
     """Write a lock holder's state and move its cursor from `cursor` to `seq`, in one statement, only
     if the tracker still carries its fence and that cursor; False (nothing written) otherwise.
     The tracker's UPDATE takes its row lock first and rechecks the condition on the newest row
-    (READ COMMITTED), so a newer holder's take_fence, committed or not, makes this one write nothing."""
-    written = await conn.fetchval(
+    (READ COMMITTED), so a newer holder's take_fence, committed or not, makes this one write nothing.
+    effects: the batch's model call, recorded in the same statement whether the write is refused or not."""
+    sql, args = _with_effects(
         """WITH tracker AS (
                UPDATE trackers SET last_processed_seq = $7, status_reason = $9, updated_at = clock_timestamp()
                WHERE variant = $1 AND task_id = $2 AND agent_id = $3 AND fence = $5 AND last_processed_seq = $6
@@ -529,8 +558,8 @@ async def commit_batch(conn, variant: str, task_id: str, agent_id: str, owner: s
            SELECT $1, $2, $4, $8, 1 FROM tracker
            ON CONFLICT (variant, task_id, agent_id) DO UPDATE
            SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()
-           RETURNING 1""", variant, task_id, agent_id, owner, fence, cursor, seq, state, reason)
-    return written == 1
+           RETURNING 1""", (variant, task_id, agent_id, owner, fence, cursor, seq, state, reason), effects)
+    return await conn.fetchval(sql, *args) == 1
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

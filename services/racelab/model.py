@@ -22,14 +22,20 @@ class Model:
         jitter = self._rng.uniform(-self.jitter_ms, self.jitter_ms)
         return max(0.0, (self.latency_ms if latency_ms is None else latency_ms) + jitter) / 1000.0
 
-    async def call(self, pool, variant: str, task_id: str, agent_id: str, event_ids: list[str],
-                   latency_ms: float | None = None) -> str:
-        """One model call serving event_ids (one for most variants, a batch for locked).
-        latency_ms: a slower (or faster) call than the lab's default, e.g. the task's
-        params.model_latency_ms knob (model_latency_ms() below)."""
+    async def invoke(self, variant: str, latency_ms: float | None = None) -> str:
+        """The call alone, its effect rows left to the caller: a variant that writes them in the
+        statement that writes its state (db.write_state, db.commit_batch with effects=) saves a
+        transaction per call. Returns the call's id."""
         await asyncio.sleep(self.delay_s(latency_ms))
         metrics.MODEL_CALLS.labels(variant).inc()
-        call_id = str(uuid.uuid4())
+        return str(uuid.uuid4())
+
+    async def call(self, pool, variant: str, task_id: str, agent_id: str, event_ids: list[str],
+                   latency_ms: float | None = None) -> str:
+        """One model call serving event_ids (one for most variants, a batch for locked), its
+        effect rows written right after it. latency_ms: a slower (or faster) call than the lab's
+        default, e.g. the task's params.model_latency_ms knob (model_latency_ms() below)."""
+        call_id = await self.invoke(variant, latency_ms)
         await db.record_effects(pool, variant, task_id, agent_id, call_id, event_ids)
         return call_id
 
