@@ -17,7 +17,7 @@ from prometheus_client import Gauge
 from .. import db
 from ..metrics import serve_health_and_metrics
 from ..config import Settings
-from .incremental import IncrementalCounts
+from .incremental import EXPORTER_FULL_LOAD_CHUNK, IncrementalCounts
 
 log = logging.getLogger("racelab.checker.exporter")
 
@@ -82,7 +82,7 @@ async def export_faults(conn) -> None:
 
 async def recompute_forever(dsn: str, interval_s: float, grace_s: float) -> None:
     # counted incrementally (racelab.checker.incremental): a refresh reads only what changed
-    counter = IncrementalCounts(variants=VARIANTS, latencies=False)
+    counter = IncrementalCounts(variants=VARIANTS, latencies=False, full_load_chunk=EXPORTER_FULL_LOAD_CHUNK)
     refreshes = 0
     conn = None  # one connection, kept between refreshes (a new one every 3 s was a connect, an
     # authentication and the jsonb codec's type lookups each time); a new one after any failure
