@@ -150,6 +150,15 @@ CREATE OR REPLACE FUNCTION task_order_lock(p_variant text, p_task_id text, p_age
 LANGUAGE sql VOLATILE AS $$
     SELECT pg_advisory_xact_lock(20261126, hashtext(p_variant || chr(31) || p_task_id || chr(31) || p_agent_id))
 $$;
+-- Whole-state writes of one state row take turns (db.write_state): concurrent writers of a row
+-- queue on this lock and find the row free, instead of all waiting on the row's lock and each
+-- retrying its ON CONFLICT when it is released. Last writer wins as before; the row's lock gave
+-- the same order. 30 concurrent writes per row, 100 rows (2026-11-26): PostgreSQL CPU 0.16-0.20 ms
+-- per write instead of 0.23-0.31, 3,400-3,500 writes/s instead of 2,600-2,800.
+CREATE OR REPLACE FUNCTION state_write_turn(p_variant text, p_task_id text, p_agent_id text) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_advisory_xact_lock(20261127, hashtext(p_variant || chr(31) || p_task_id || chr(31) || p_agent_id))
+$$;
 -- Record events of one task (db.record_event, db.EventRecorder): one call, one round trip, one
 -- transaction; the events in array order. A plpgsql function is VOLATILE, so under READ COMMITTED
 -- each statement in it takes a fresh snapshot, after the order lock: it sees what the lock's
@@ -470,10 +479,12 @@ def _with_effects(sql: str, args: tuple, effects: Effects | None) -> tuple[str, 
 
 async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict,
                       effects: Effects | None = None) -> None:
-    """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does; with
-    effects, the model call's effect rows in the same statement (one transaction, not two)."""
+    """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does (writers
+    of one row take turns: state_write_turn); with effects, the model call's effect rows in the
+    same statement (one transaction, not two)."""
     sql, args = _with_effects(
-        """INSERT INTO task_states (variant, task_id, agent_id, state, version) VALUES ($1, $2, $3, $4, 1)
+        """WITH turn AS MATERIALIZED (SELECT state_write_turn($1, $2, $3))
+           INSERT INTO task_states (variant, task_id, agent_id, state, version) SELECT $1, $2, $3, $4, 1 FROM turn
            ON CONFLICT (variant, task_id, agent_id) DO UPDATE
            SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()""",
         (variant, task_id, agent_id, state), effects)

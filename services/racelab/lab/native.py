@@ -22,7 +22,7 @@ import aiohttp
 from .. import db
 from ..config import AGENT_PATH_FILE, Settings
 from . import console
-from .topology import STAGES, Instance, Service, nginx_conf, paths, prometheus_conf, services, venv_binary
+from .topology import STAGES, Instance, Service, find_binary, nginx_conf, paths, prometheus_conf, services, venv_binary
 
 MARKER = "RACELAB_LAB_ID"  # in the environment of every process of a lab: how down finds stragglers
 
@@ -126,8 +126,9 @@ def init_postgres(settings: Settings, run_as: str | None) -> None:
     initdb = str(Path(postgres_bin).parent / "initdb")
     cmd = [initdb, "-D", str(pgdata), "-U", "racelab", "--auth=trust", "-E", "UTF8", "--no-instructions"]
     if run_as:
-        cmd = ["runuser", "-u", run_as, "--"] + cmd
-        probe = subprocess.run(["runuser", "-u", run_as, "--", "test", "-w", str(pgdata)])
+        runuser = find_binary("runuser", "/usr/sbin/runuser")  # in /usr/sbin: not on every PATH
+        cmd = [runuser, "-u", run_as, "--"] + cmd
+        probe = subprocess.run([runuser, "-u", run_as, "--", "test", "-w", str(pgdata)])
         if probe.returncode != 0:
             raise LabError(f"user {run_as} cannot write {pgdata}: a parent directory is closed to it. "
                            f"Set RACELAB_STATE_DIR to a directory it can reach (default /var/tmp/racelab).")
@@ -405,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                 say(line)
             return 0
         return {"up": up, "down": down, "status": status}[args.command](settings)
-    except (LabError, FileNotFoundError) as exc:
+    except LabError as exc:
         print(f"racelab: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:  # str(): its args are (errno, text), the file name is apart
+        print(f"racelab: {exc}", file=sys.stderr)
         return 1

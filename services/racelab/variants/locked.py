@@ -172,6 +172,9 @@ class Locked(Variant):
                 while await self.process_batch(task_id, agent_id, owner, fence, lease) == self.ctx.settings.batch_limit:
                     pass  # a full batch: there may be more
                 if lease.lost:  # fenced or not renewed: a newer holder serves the asks
+                    # this pod's events of the pass were not written and it has not asked for
+                    # them: its drainer asks again (the newer holder serves it, or it drains)
+                    self._wanted.add(key)
                     return
                 outcome, asked = await self._finish(
                     keys=[lock, asks], args=[token, asked, lease_ms, int(key in self._wanted), ASKS_TTL_S])
