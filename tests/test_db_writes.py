@@ -4,9 +4,10 @@ lab's): what each refuses is what keeps the guarded variants exact.
 - record_event without a handoff: a new event, a re-send (not fresh, the same seq), a re-send
   naming another task (refused), a cancelled task (nothing recorded), and the outbox row the
   temporal variant writes in the same statement on every delivery;
-- commit_batch (locked): a stale fence or a moved cursor writes nothing, state nor cursor, but
-  the batch's model call (effect rows) is on record either way;
-- write_state with effects (unguarded): the state and the call's effect rows in one statement;
+- commit_batch (locked): a stale fence or a moved cursor writes nothing, state nor cursor;
+- write_state (unguarded and the zoo): last writer wins, concurrent writers of a row in turn;
+- EffectWriter (the pods' group commit of effect rows): concurrent model calls' rows in one
+  round trip, each caller on after its rows are durable; PostgreSQL gone fails them, then it goes on;
 - write_state_if_version (temporal's activity): a moved version writes nothing;
 - EventRecorder (the pods' group commit): a task's concurrent events in one round trip, in
   arrival order, each with its own outcome (new, re-send, refused id, refused value, cancelled).
@@ -108,21 +109,14 @@ async def _commit_batch(dsn: str) -> None:
         batch = await pool.fetchrow(db.READ_BATCH, VARIANT, task, AGENT, AGENT, 50)
         assert (batch["fence"], batch["cursor"], batch["event_ids"]) == (old, 0, ids)
         new = await db.take_fence(pool, VARIANT, task, AGENT)  # another holder took the lock meanwhile
-        stale_call, call = str(uuid.uuid4()), str(uuid.uuid4())
         assert not await db.commit_batch(pool, VARIANT, task, AGENT, AGENT, old, 0, batch["seqs"][-1],
-                                         apply_events(batch["state"], ids), "stale",
-                                         effects=db.Effects(AGENT, stale_call, ids))
+                                         apply_events(batch["state"], ids), "stale")
         row = await pool.fetchrow("SELECT last_processed_seq, fence FROM trackers WHERE task_id = $1", task)
         assert (row["last_processed_seq"], row["fence"]) == (0, new)
         assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == []
-        # the stale holder's model call happened: its effect rows are written though its state is not
-        effects = "SELECT array_agg(event_id ORDER BY id) FROM effects WHERE call_id = $1::uuid"
-        assert await pool.fetchval(effects, stale_call) == ids
-        # the current holder with the cursor it read: written, with its call's effect rows
+        # the current holder with the cursor it read: written
         assert await db.commit_batch(pool, VARIANT, task, AGENT, AGENT, new, 0, batch["seqs"][1],
-                                     apply_events(batch["state"], ids[:2]), "two",
-                                     effects=db.Effects(AGENT, call, ids[:2]))
-        assert await pool.fetchval(effects, call) == ids[:2]
+                                     apply_events(batch["state"], ids[:2]), "two")
         # the same holder again from the old cursor (a batch it already wrote): refused
         assert not await db.commit_batch(pool, VARIANT, task, AGENT, AGENT, new, 0, batch["seqs"][-1],
                                          apply_events(batch["state"], ids), "again")
@@ -132,30 +126,59 @@ async def _commit_batch(dsn: str) -> None:
         assert (after["cursor"], after["event_ids"]) == (batch["seqs"][1], ids[2:])
 
 
-def test_write_state_with_its_model_calls_effects(scratch_db):
+def test_concurrent_whole_state_writes_take_turns_and_the_last_wins(scratch_db):
     asyncio.run(_write_state(scratch_db))
 
 
 async def _write_state(dsn: str) -> None:
-    async with await db.create_pool(dsn) as pool:
+    async with await db.create_pool(dsn, max_size=10) as pool:
         task = f"t-{uuid.uuid4().hex[:8]}"
-        calls = [str(uuid.uuid4()) for _ in range(2)]
-        await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["a"]), effects=db.Effects(AGENT, calls[0], ["a"]))
-        # last writer wins (an update lost, as unguarded's are), and each call keeps its effect row;
-        # the state may be a shared one ("*") while the effects name the agent whose event it was
-        await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["b"]), effects=db.Effects(AGENT, calls[1], ["b"]))
-        await db.write_state(pool, VARIANT, task, "*", apply_events(None, ["c"]), effects=db.Effects(AGENT, calls[1], ["c"]))
-        await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["b", "d"]))  # no call: no effect row
+        # 30 writers of one row at once (unguarded's burst): every write happens, one after another
+        await asyncio.gather(*(db.write_state(pool, VARIANT, task, AGENT, apply_events(None, [f"e{i}"]))
+                               for i in range(30)))
         row = await db.read_state(pool, VARIANT, task, AGENT)
-        assert (row["state"]["history"], row["version"]) == (["b", "d"], 3)
-        assert (await db.read_state(pool, VARIANT, task, "*"))["state"]["history"] == ["c"]
-        rows = await pool.fetch("SELECT agent_id, call_id::text, event_id FROM effects WHERE task_id = $1 ORDER BY id", task)
-        assert [tuple(r) for r in rows] == [(AGENT, calls[0], "a"), (AGENT, calls[1], "b"), (AGENT, calls[1], "c")]
-        # one statement: a refused state (a NUL character jsonb cannot hold) leaves no effect row either
-        with pytest.raises(db.DATA_ERRORS):
-            await db.write_state(pool, VARIANT, task, AGENT, {"history": ["\u0000"]},
-                                 effects=db.Effects(AGENT, str(uuid.uuid4()), ["e"]))
-        assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 3
+        assert row["version"] == 30 and len(row["state"]["history"]) == 1  # last writer wins, whole
+        await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["x", "y"]))
+        row = await db.read_state(pool, VARIANT, task, AGENT)
+        assert (row["state"]["history"], row["version"]) == (["x", "y"], 31)
+        # a write within a transaction that rolls back leaves nothing, and its turn is let go
+        with pytest.raises(RuntimeError):
+            async with pool.acquire() as conn, conn.transaction():
+                await db.write_state(conn, VARIANT, task, AGENT, apply_events(None, ["rolled back"]))
+                raise RuntimeError("roll back")
+        await asyncio.wait_for(db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["z"])), 5)
+        assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["z"]
+
+
+def test_the_effect_writer_takes_concurrent_calls_in_one_round_trip(scratch_db):
+    asyncio.run(_effects(scratch_db))
+
+
+async def _effects(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        writer = db.EffectWriter(pool)
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        inserts = 0
+        insert = writer._insert
+
+        async def counted(calls):
+            nonlocal inserts
+            inserts += 1
+            return await insert(calls)
+        writer._insert = counted
+        calls = [(str(uuid.uuid4()), [f"e{i}", f"e{i}b"] if i % 2 else [f"e{i}"]) for i in range(30)]
+        await asyncio.gather(*(writer.record(VARIANT, task, AGENT, call_id, ids) for call_id, ids in calls))
+        assert inserts == 1  # all 30 were queued before the first round trip began
+        rows = await pool.fetch("SELECT call_id::text, event_id FROM effects WHERE task_id = $1 ORDER BY id", task)
+        assert [(r["call_id"], r["event_id"]) for r in rows] == [(c, e) for c, ids in calls for e in ids]
+        # a value PostgreSQL refuses fails that call alone
+        bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+        got = await asyncio.gather(writer.record(VARIANT, task, AGENT, str(uuid.uuid4()), ["first"]),
+                                   writer.record(VARIANT, task, AGENT, bad, ["nul \u0000"]),
+                                   writer.record(VARIANT, task, AGENT, good, ["fine"]), return_exceptions=True)
+        assert got[0] is None and isinstance(got[1], db.DATA_ERRORS) and got[2] is None
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", good) == 1
+        await writer.close()
 
 
 def test_write_state_if_version(scratch_db):

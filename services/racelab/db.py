@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, NamedTuple
+from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
@@ -420,6 +420,79 @@ class EventRecorder:
         return outcomes
 
 
+class EffectWriter:
+    """A pod's group commit of effect rows: the rows of the model calls that return while an
+    effects round trip is in flight go together in the next one (one INSERT, one commit), instead
+    of a transaction per call. Each call's rows are durable before its caller goes on (to its state
+    write), as with record_effects: a state write that fails after a model call (PostgreSQL
+    killed, a fenced holder) leaves the call on record. 30 handlers of a task return from their
+    model calls at about the same time: one round trip, not 30."""
+    BATCH_LIMIT = 200  # calls
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self._queue: list = []
+        self._flush_task: asyncio.Task | None = None
+
+    async def close(self) -> None:
+        """Let the round trip in flight end (before the pool closes)."""
+        if self._flush_task is not None:
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+
+    async def record(self, variant: str, task_id: str, agent_id: str, call_id: str, event_ids: list[str]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append(((variant, task_id, agent_id, call_id, event_ids), done))
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        batch: list = []
+        try:
+            while self._queue:
+                batch = self._queue[:self.BATCH_LIMIT]
+                del self._queue[:self.BATCH_LIMIT]
+                try:
+                    await self._insert([call for call, _ in batch])
+                    outcomes: list = [None] * len(batch)
+                except DATA_ERRORS:  # a value refused: each call on its own, so only that one fails
+                    outcomes = [await self._insert_one(call) for call, _ in batch]
+                except Exception as exc:  # PostgreSQL down, a timeout: the batch fails, the next ones try
+                    outcomes = [exc] * len(batch)
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():  # its caller was cancelled
+                        continue
+                    if outcome is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(outcome)
+        except BaseException:  # cancelled (the pod stops): nothing is left waiting
+            for _, done in batch + self._queue:
+                if not done.done():
+                    done.set_exception(ConnectionError("the pod is stopping: the effect rows may not be written"))
+            self._queue.clear()
+            raise
+        finally:
+            self._flush_task = None
+
+    async def _insert_one(self, call: tuple) -> Exception | None:
+        try:
+            await self._insert([call])
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _insert(self, calls: list[tuple]) -> None:
+        rows = [(variant, task_id, agent_id, call_id, event_id)
+                for variant, task_id, agent_id, call_id, event_ids in calls for event_id in event_ids]
+        if not rows:
+            return
+        await self.pool.execute(
+            """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])""",
+            *(list(col) for col in zip(*rows)))
+
+
 async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
     """task/create: the task row and an empty state, as an agent's on_task_create would."""
     async with pool.acquire() as conn, conn.transaction():
@@ -452,43 +525,15 @@ async def read_state(conn, variant: str, task_id: str, agent_id: str) -> asyncpg
            WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", variant, task_id, agent_id)
 
 
-class Effects(NamedTuple):
-    """A model call's effect rows, written in the statement that writes the state it produced."""
-    agent_id: str   # the agent whose events the call served (the state's owner may be "*", shared)
-    call_id: str
-    event_ids: list[str]
-
-
-# A model call's effect rows, as a CTE before the statement's own: unconditional, so a write that
-# is refused (a fenced lock holder) still leaves its model call on record.
-_EFFECTS_CTE = """WITH effect AS (INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
-                   SELECT $1, $2, ${}, ${}::uuid, unnest(${}::text[]))"""
-
-
-def _with_effects(sql: str, args: tuple, effects: Effects | None) -> tuple[str, tuple]:
-    """sql (its $1, $2 are the variant and the task), preceded by the CTE that writes effects,
-    whose parameters are numbered after args."""
-    if effects is None:
-        return sql, args
-    n = len(args)
-    cte = _EFFECTS_CTE.format(n + 1, n + 2, n + 3)
-    body = sql.lstrip()
-    sql = f"{cte},\n{body[len('WITH '):]}" if body.startswith("WITH ") else f"{cte}\n{body}"
-    return sql, (*args, effects.agent_id, effects.call_id, effects.event_ids)
-
-
-async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict,
-                      effects: Effects | None = None) -> None:
+async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict) -> None:
     """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does (writers
-    of one row take turns: state_write_turn); with effects, the model call's effect rows in the
-    same statement (one transaction, not two)."""
-    sql, args = _with_effects(
+    of one row take turns: state_write_turn)."""
+    await conn.execute(
         """WITH turn AS MATERIALIZED (SELECT state_write_turn($1, $2, $3))
            INSERT INTO task_states (variant, task_id, agent_id, state, version) SELECT $1, $2, $3, $4, 1 FROM turn
            ON CONFLICT (variant, task_id, agent_id) DO UPDATE
            SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()""",
-        (variant, task_id, agent_id, state), effects)
-    await conn.execute(sql, *args)
+        variant, task_id, agent_id, state)
 
 
 async def write_state_if_version(conn, variant: str, task_id: str, agent_id: str, state: dict,
@@ -554,13 +599,12 @@ WHERE tr.variant = $1 AND tr.task_id = $2 AND tr.agent_id = $3"""
 
 
 async def commit_batch(conn, variant: str, task_id: str, agent_id: str, owner: str, fence: int, cursor: int,
-                       seq: int, state: dict, reason: str, effects: Effects | None = None) -> bool:
+                       seq: int, state: dict, reason: str) -> bool:
     """Write a lock holder's state and move its cursor from `cursor` to `seq`, in one statement, only
     if the tracker still carries its fence and that cursor; False (nothing written) otherwise.
     The tracker's UPDATE takes its row lock first and rechecks the condition on the newest row
-    (READ COMMITTED), so a newer holder's take_fence, committed or not, makes this one write nothing.
-    effects: the batch's model call, recorded in the same statement whether the write is refused or not."""
-    sql, args = _with_effects(
+    (READ COMMITTED), so a newer holder's take_fence, committed or not, makes this one write nothing."""
+    written = await conn.fetchval(
         """WITH tracker AS (
                UPDATE trackers SET last_processed_seq = $7, status_reason = $9, updated_at = clock_timestamp()
                WHERE variant = $1 AND task_id = $2 AND agent_id = $3 AND fence = $5 AND last_processed_seq = $6
@@ -569,8 +613,8 @@ async def commit_batch(conn, variant: str, task_id: str, agent_id: str, owner: s
            SELECT $1, $2, $4, $8, 1 FROM tracker
            ON CONFLICT (variant, task_id, agent_id) DO UPDATE
            SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()
-           RETURNING 1""", (variant, task_id, agent_id, owner, fence, cursor, seq, state, reason), effects)
-    return await conn.fetchval(sql, *args) == 1
+           RETURNING 1""", variant, task_id, agent_id, owner, fence, cursor, seq, state, reason)
+    return written == 1
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

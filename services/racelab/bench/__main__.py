@@ -5,7 +5,8 @@ Against the running lab (make up), in one run:
    drained) of every running variant, next to `bare`: the same path (nginx, as many pods as a
    variant has, the same client and concurrency) to pods that ack after one durable INSERT and
    process nothing (racelab.bench.bare_pod, started here, behind the gateway's /bare/); in
-   rounds (bare, then every variant; 3 by default), each figure the median of the rounds;
+   rounds (bare, then every variant; 3 by default), each figure the median of the rounds, after
+   a warm-up burst per target that is not counted (fresh pods' connections and statements);
 2. the Temporal dev server's own limits (racelab.bench.temporal_limit), the temporal variant as
    a ratio to them;
 3. the time until a 30-event burst to one task is applied (locked, temporal), next to 30 × the
@@ -240,7 +241,7 @@ async def measure(settings: Settings, args) -> dict:
                  "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
                  "workload": {"tasks": args.tasks, "events": args.events, "concurrency": args.concurrency,
                               "pods_per_target": settings.replicas},
-                 "rounds": args.rounds, "ingest_eps": {}, "apply_eps": {}, "ingest_rounds": {},
+                 "rounds": args.rounds, "warmup_tasks": args.warmup_tasks, "ingest_eps": {}, "apply_eps": {}, "ingest_rounds": {},
                  "ingest_vs_bare_rounds": {}, "apply_latency_ms": {}, "burst30_s": {},
                  "cpu_ms_per_event": {}}
 
@@ -255,6 +256,19 @@ async def measure(settings: Settings, args) -> dict:
         for r in range(1, settings.replicas + 1):
             await wait_healthy(f"http://{settings.host}:{settings.bare_pod_port(r)}/healthz")
         await ensure_bare_route(settings)
+        if args.warmup_tasks:
+            # not counted: a fresh pod's first burst pays for its pool's new connections (each with
+            # the jsonb codec's type lookups), its statements' first prepare and its Redis
+            # scripts' first load (round 1 was the lowest of three in every run: locked 0.59-0.66
+            # against 0.73-0.84, 2026-11-26 05:45-05:58 UTC)
+            say(f"  warm-up (not counted): {args.warmup_tasks} tasks x {args.events} events per target")
+            for name in ("bare", *args.variants):
+                await ingest(settings.gateway_url, name, f"bench-{stamp}-warmup-{name}-", args.warmup_tasks,
+                             args.events, args.concurrency)
+            for variant in args.variants:
+                await drain(settings, f"bench-{stamp}-warmup-{variant}-", time.time())
+                if variant in ("temporal", "temporal-naive"):
+                    await settle_temporal(settings, f"bench-{stamp}-warmup-{variant}-")
         for round_no in range(1, args.rounds + 1):
             say(f"  round {round_no} of {args.rounds}")
             before = cpu_seconds(settings, [p.pid for p in bare])
@@ -322,7 +336,8 @@ def table(r: dict) -> str:
     lines = [f"racelab bench, {r['date']}, {r['machine']}, load average {r['load_average'][0]:.1f}", "",
              f"{w['tasks']} tasks x {w['events']} events per target, {w['concurrency']} in flight, through nginx to "
              f"{w['pods_per_target']} pods each; apply = events / seconds from the first send until the last applied; "
-             f"medians of {r.get('rounds', 1)} rounds (bare, then each variant, per round); ingest vs bare: the "
+             f"medians of {r.get('rounds', 1)} rounds (bare, then each variant, per round), after a warm-up burst of "
+             f"{r.get('warmup_tasks', 0)} tasks per target (not counted); ingest vs bare: the "
              "median of the rounds' ratios, each round's in brackets",
              "", "| target | ingest events/s | ingest vs bare | apply events/s | vs bare | apply p50 / p99 ms |",
              "|---|---|---|---|---|---|"]
@@ -383,6 +398,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=30, help="events in the one-task burst")
     parser.add_argument("--repeat", type=int, default=3, help="bursts to one task per variant")
     parser.add_argument("--rounds", type=int, default=3, help="ingest rounds (bare, then each variant); medians")
+    parser.add_argument("--warmup-tasks", type=int, default=20,
+                        help="tasks of the warm-up burst per target before the rounds, not counted (0: none)")
     parser.add_argument("--up-repeat", type=int, default=1, help="0 to skip the second lab")
     parser.add_argument("--checker-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
                         help="events in the log for the checker's refresh time (none to skip)")

@@ -22,7 +22,7 @@ that dies holding a lock blocks its task for seconds, not a long TTL; the sweepe
 pods then drains what the dead pod acked.
 Within one pod, triggers for the same task are coalesced into one drainer, so a burst of 30
 events costs a few lock round trips, not 30; each step of the lock and the asks is one Redis
-script (one round trip), and a batch's effect rows go with its state write (one transaction).
+script (one round trip).
 The lock and the cursor are keyed per (task, agent), as the seed's Option 1 keys its lock: state
 several agents of a task share (task.params.shared_state) is not protected by them.
 """
@@ -221,12 +221,10 @@ class Locked(Variant):
         event_ids = batch["event_ids"]
         if not event_ids:
             return 0
-        call_id = await self.ctx.model.invoke(self.name)  # one call serves the batch
+        await self.ctx.model.call(pool, self.name, task_id, agent_id, event_ids)  # one call serves the batch
         new_state = apply_events(batch["state"], event_ids)
-        # its effect rows are written by the same statement, whether the write is refused or not
         written = await db.commit_batch(pool, self.name, task_id, agent_id, owner, fence, batch["cursor"],
-                                        batch["seqs"][-1], new_state, f"processed batch of {len(event_ids)} events",
-                                        effects=db.Effects(agent_id, call_id, event_ids))
+                                        batch["seqs"][-1], new_state, f"processed batch of {len(event_ids)} events")
         if not written:
             lease.lost = True
             metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()

@@ -25,10 +25,8 @@ class Unguarded(Variant):
         owner = state_agent(event.task_params, event.agent_id)  # the agent's state, or the task's shared one
         row = await db.read_state(pool, self.name, event.task_id, owner)
         state = row["state"] if row else None
-        call_id = await self.ctx.model.invoke(self.name)
-        # the call's effect row goes with the write: one transaction per event, not two
-        await db.write_state(pool, self.name, event.task_id, owner, apply_events(state, [event.event_id]),
-                             effects=db.Effects(event.agent_id, call_id, [event.event_id]))
+        await self.ctx.model.call(pool, self.name, event.task_id, event.agent_id, [event.event_id])
+        await db.write_state(pool, self.name, event.task_id, owner, apply_events(state, [event.event_id]))
         metrics.STATE_WRITES.labels(self.name).inc()
         metrics.APPLY_SECONDS.labels(self.name).observe(time.time() - acked_at)
         metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
