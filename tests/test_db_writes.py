@@ -148,6 +148,19 @@ async def _write_state(dsn: str) -> None:
                 raise RuntimeError("roll back")
         await asyncio.wait_for(db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["z"])), 5)
         assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["z"]
+        # the turn is taken before the row: while another transaction holds it, a write waits
+        # (whatever the machine's speed: it cannot finish before the turn is let go)
+        async with pool.acquire() as holder:
+            turn = holder.transaction()
+            await turn.start()
+            await holder.execute("SELECT state_write_turn($1, $2, $3)", VARIANT, task, AGENT)
+            waiting = asyncio.create_task(db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["w"])))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["z"]
+            await turn.commit()
+            await asyncio.wait_for(waiting, 5)
+        assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["w"]
 
 
 def test_the_effect_writer_takes_concurrent_calls_in_one_round_trip(scratch_db):
@@ -178,6 +191,28 @@ async def _effects(dsn: str) -> None:
                                    writer.record(VARIANT, task, AGENT, good, ["fine"]), return_exceptions=True)
         assert got[0] is None and isinstance(got[1], db.DATA_ERRORS) and got[2] is None
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", good) == 1
+        # PostgreSQL gone: every call of the round trip fails (the model call happened, its caller
+        # learns its rows are not on record); the next calls are written
+        failures = iter([ConnectionResetError("PostgreSQL went away")])
+
+        async def flaky(calls):
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return await insert(calls)
+        writer._insert = flaky
+        lost = [str(uuid.uuid4()) for _ in range(3)]
+        got = await asyncio.gather(*(writer.record(VARIANT, task, AGENT, c, ["x"]) for c in lost), return_exceptions=True)
+        assert all(isinstance(g, ConnectionResetError) for g in got)
+        after = str(uuid.uuid4())
+        await writer.record(VARIANT, task, AGENT, after, ["y"])
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = ANY($1::uuid[])", lost) == 0
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", after) == 1
+        # a flush cancelled before its first step (the loop shutting down) does not wedge the writer
+        writer._flush_task = asyncio.create_task(asyncio.sleep(0))
+        writer._flush_task.cancel()
+        await asyncio.gather(writer._flush_task, return_exceptions=True)
+        await asyncio.wait_for(writer.record(VARIANT, task, AGENT, str(uuid.uuid4()), ["z"]), 5)
         await writer.close()
 
 

@@ -17,7 +17,7 @@ import uuid
 
 from racelab import db
 from racelab.checker.counts import compute
-from racelab.checker.incremental import IncrementalCounts
+from racelab.checker.incremental import EXPORTER_FULL_LOAD_CHUNK, IncrementalCounts
 from racelab.checker.ledger import LedgerEntry
 from racelab.checker.read import snapshot
 from racelab.state import SHARED_AGENT, apply_events
@@ -81,7 +81,8 @@ async def _scenario(dsn: str) -> None:
 
         plain = IncrementalCounts(prefix, variants=VARIANTS)
         with_ledger = IncrementalCounts(prefix, variants=VARIANTS, ledger=ledger)
-        live = IncrementalCounts(variants=VARIANTS, latencies=False)  # as the exporter keeps it
+        live = IncrementalCounts(variants=VARIANTS, latencies=False,  # as the exporter keeps it
+                                 full_load_chunk=EXPORTER_FULL_LOAD_CHUNK)
         await assert_equal(conn, plain, prefix)
         await assert_equal(conn, with_ledger, prefix, ledger=ledger)
         await assert_equal(conn, live, prefix, now=time.time(), grace_s=10.0)

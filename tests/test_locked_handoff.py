@@ -20,7 +20,7 @@ AGENT = "agent-handoff"
 
 class TwoPodLocked(Locked):
     name = "locked-handoff"  # not "locked": the lab's own locked pods (their sweepers) never see these tasks
-MODEL_MS = 1000.0  # pod-b asks 0.15 s into pod-a's first batch and looks at 0.65 s, 1.15 s, ...
+MODEL_MS = 1000.0  # pod-b asks about 0.1 s into pod-a's first batch and looks 0.5 s, 1 s, ... later
 
 
 def event(task_id: str, n: int) -> Event:
@@ -56,7 +56,11 @@ async def two_events_two_pods(pool, holder: Locked, other: Locked, task: str) ->
     first, second = event(task, 1), event(task, 2)
     assert await db.record_event(pool, TwoPodLocked.name, first) is True
     holder.wake(key)
-    await asyncio.sleep(0.15)  # pod-a holds the lock, in its model call for the first event
+    for _ in range(100):  # pod-a holds the lock (then 1 s in its model call for the first event)
+        await asyncio.sleep(0.02)
+        if await holder.redis.exists(f"racelab:lock:{task}:{AGENT}"):
+            break
+    await asyncio.sleep(0.1)  # past its read of the first event
     assert await db.record_event(pool, TwoPodLocked.name, second) is True
     other.wake(key)  # asks; the lock is taken
     for _ in range(200):

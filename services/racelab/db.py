@@ -442,7 +442,8 @@ class EffectWriter:
     async def record(self, variant: str, task_id: str, agent_id: str, call_id: str, event_ids: list[str]) -> None:
         done = asyncio.get_running_loop().create_future()
         self._queue.append(((variant, task_id, agent_id, call_id, event_ids), done))
-        if self._flush_task is None:
+        # (done: a flush cancelled before its first step never ran its finally)
+        if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush())
         await done
 

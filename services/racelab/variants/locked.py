@@ -214,8 +214,9 @@ class Locked(Variant):
         started = time.perf_counter()
         batch = await pool.fetchrow(db.READ_BATCH, self.name, task_id, agent_id, owner, self.ctx.settings.batch_limit)
         if lease.lost or batch is None or batch["fence"] != fence:
-            lease.lost = True  # a newer holder took over: it serves the asks
-            metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
+            if not lease.lost:  # (a lease the renewer lost is counted there, as lease_lost)
+                lease.lost = True  # a newer holder took over: it serves the asks
+                metrics.LOCK_FAILURES.labels(self.name, "fenced").inc()
             log.warning("stale lock holder for %s/%s (fence %d): no model call", task_id, agent_id, fence)
             return 0
         event_ids = batch["event_ids"]
@@ -243,10 +244,10 @@ class Locked(Variant):
             try:
                 # one pod of the variant sweeps per interval: the query visits every task of the
                 # variant (26 ms with 3,900 tasks), three pods doing it every 2 s added up
-                if not await self.redis.set(f"racelab:sweep:{self.name}", self.ctx.pod_name, nx=True,
-                                            px=int(interval * 900)):
+                if not await asyncio.wait_for(self.redis.set(f"racelab:sweep:{self.name}", self.ctx.pod_name,
+                                                             nx=True, px=int(interval * 900)), interval):
                     continue
-            except Exception as exc:  # Redis down: sweep anyway (the drains it wakes wait for Redis)
+            except Exception as exc:  # Redis down or hung: sweep anyway (the drains it wakes wait for Redis)
                 log.warning("sweep turn not taken (%r): sweeping", exc)
             try:
                 rows = await self.ctx.pool.fetch(
