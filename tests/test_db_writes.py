@@ -32,6 +32,18 @@ def event(task_id: str, event_id: str | None = None, text: str = "hi") -> Event:
                  sequence_id=1, content={"type": "text", "author": "user", "content": text})
 
 
+def failing_once(round_trip):
+    """round_trip, whose first call fails as when PostgreSQL has gone away."""
+    failures = iter([ConnectionResetError("PostgreSQL went away")])
+
+    async def flaky(*args):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await round_trip(*args)
+    return flaky
+
+
 def test_record_event_in_one_statement(scratch_db):
     asyncio.run(_record(scratch_db))
 
@@ -193,14 +205,7 @@ async def _effects(dsn: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", good) == 1
         # PostgreSQL gone: every call of the round trip fails (the model call happened, its caller
         # learns its rows are not on record); the next calls are written
-        failures = iter([ConnectionResetError("PostgreSQL went away")])
-
-        async def flaky(calls):
-            failure = next(failures, None)
-            if failure is not None:
-                raise failure
-            return await insert(calls)
-        writer._insert = flaky
+        writer._insert = failing_once(insert)
         lost = [str(uuid.uuid4()) for _ in range(3)]
         got = await asyncio.gather(*(writer.record(VARIANT, task, AGENT, c, ["x"]) for c in lost), return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in got)
@@ -341,14 +346,7 @@ async def _recorder_down(dsn: str) -> None:
         recorder = db.EventRecorder(pool)
         task = f"t-{uuid.uuid4().hex[:8]}"
         record = recorder._record
-        failures = iter([ConnectionResetError("PostgreSQL went away")])
-
-        async def flaky(variant, batch):
-            failure = next(failures, None)
-            if failure is not None:
-                raise failure
-            return await record(variant, batch)
-        recorder._record = flaky
+        recorder._record = failing_once(record)
         first = await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3)), return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in first)
         assert await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3))) == [True] * 3
