@@ -184,13 +184,13 @@ async def _effects(dsn: str) -> None:
         writer = db.EffectWriter(pool)
         task = f"t-{uuid.uuid4().hex[:8]}"
         inserts = 0
-        insert = writer._insert
+        insert = writer._write
 
-        async def counted(calls):
+        async def counted(key, calls):
             nonlocal inserts
             inserts += 1
-            return await insert(calls)
-        writer._insert = counted
+            return await insert(key, calls)
+        writer._write = counted
         calls = [(str(uuid.uuid4()), [f"e{i}", f"e{i}b"] if i % 2 else [f"e{i}"]) for i in range(30)]
         await asyncio.gather(*(writer.record(VARIANT, task, AGENT, call_id, ids) for call_id, ids in calls))
         assert inserts == 1  # all 30 were queued before the first round trip began
@@ -205,7 +205,7 @@ async def _effects(dsn: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", good) == 1
         # PostgreSQL gone: every call of the round trip fails (the model call happened, its caller
         # learns its rows are not on record); the next calls are written
-        writer._insert = failing_once(insert)
+        writer._write = failing_once(insert)
         lost = [str(uuid.uuid4()) for _ in range(3)]
         got = await asyncio.gather(*(writer.record(VARIANT, task, AGENT, c, ["x"]) for c in lost), return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in got)
@@ -214,9 +214,10 @@ async def _effects(dsn: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = ANY($1::uuid[])", lost) == 0
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", after) == 1
         # a flush cancelled before its first step (the loop shutting down) does not wedge the writer
-        writer._flush_task = asyncio.create_task(asyncio.sleep(0))
-        writer._flush_task.cancel()
-        await asyncio.gather(writer._flush_task, return_exceptions=True)
+        cancelled = asyncio.create_task(asyncio.sleep(0))
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        writer._queued[None] = ([], cancelled)
         await asyncio.wait_for(writer.record(VARIANT, task, AGENT, str(uuid.uuid4()), ["z"]), 5)
         await writer.close()
 
@@ -298,13 +299,13 @@ async def _group_commit(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
         recorder = db.EventRecorder(pool)
         calls = 0
-        record = recorder._record
+        record = recorder._write
 
-        async def counted(variant, batch):
+        async def counted(key, batch):
             nonlocal calls
             calls += 1
-            return await record(variant, batch)
-        recorder._record = counted
+            return await record(key, batch)
+        recorder._write = counted
         task, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
         events = [event(task) for _ in range(30)]
         assert await asyncio.gather(*(recorder.record(VARIANT, e) for e in events)) == [True] * 30
@@ -345,8 +346,7 @@ async def _recorder_down(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
         recorder = db.EventRecorder(pool)
         task = f"t-{uuid.uuid4().hex[:8]}"
-        record = recorder._record
-        recorder._record = failing_once(record)
+        recorder._write = failing_once(recorder._write)
         first = await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3)), return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in first)
         assert await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3))) == [True] * 3

@@ -336,81 +336,96 @@ def _recorded(event: Event, row: asyncpg.Record) -> bool:
     return row["seq"] is not None
 
 
-class EventRecorder:
-    """A pod's group commit, per task: the events of a task that arrive while a recording round
-    trip for it is in flight go together in the next one (one transaction, one commit, one wait
-    for the task's order lock). They would queue behind the order lock anyway; in one call they
-    cost one round trip and one WAL flush instead of one each (a burst of 30 events to one task:
-    30 commits one after another without it). A lone event goes at once, as before; every event
-    is acked only after the commit that holds it, as before.
-    """
+class GroupCommit:
+    """A pod's group commit: the items of a key that arrive while a round trip for that key is in
+    flight go together in the next one (one statement, one transaction, one commit). A lone item
+    goes at once; every caller learns its own item's outcome once the commit that holds it is
+    done. Subclasses say what a key is and write a batch (_write: an outcome per item, a value or
+    an exception instance)."""
     BATCH_LIMIT = 100
+    # errors of a whole batch that may be one item's doing: each item is then written on its own,
+    # so only that one fails
+    RETRY_ONE_BY_ONE: tuple[type[BaseException], ...] = DATA_ERRORS
+    UNSURE = "the item may not be written"  # what a caller is told when the pod stops under it
 
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
-        self._queued: dict[tuple[str, str, str], list] = {}  # a task's events waiting; present: a flush runs
-        self._flushes: set[asyncio.Task] = set()
+        self._queued: dict = {}  # key -> (its items waiting, the flush that writes them)
 
     async def close(self) -> None:
         """Let the round trips in flight end (before the pool closes)."""
-        await asyncio.gather(*self._flushes, return_exceptions=True)
+        await asyncio.gather(*(flush for _, flush in self._queued.values()), return_exceptions=True)
 
-    async def record(self, variant: str, event: Event, outbox: dict | None = None) -> bool:
-        """As record_event without a handoff: True if new, False for a re-send; raises
-        TaskCancelled, EventIdConflict, or what PostgreSQL raised."""
-        key = (variant, event.task_id, event.agent_id)
+    async def _write(self, key, items: list) -> list:
+        raise NotImplementedError
+
+    async def _submit(self, key, item):
         done = asyncio.get_running_loop().create_future()
-        queue = self._queued.get(key)
-        if queue is None:
-            self._queued[key] = queue = []
-            flush = asyncio.create_task(self._flush(key, queue))
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
-        queue.append((event, outbox, done))
+        entry = self._queued.get(key)
+        if entry is None or entry[1].done():  # (done: a flush cancelled before its first step never ran its finally)
+            queue: list = []
+            self._queued[key] = entry = (queue, asyncio.create_task(self._flush(key, queue)))
+        entry[0].append((item, done))
         return await done
 
-    async def _flush(self, key: tuple[str, str, str], queue: list) -> None:
+    async def _flush(self, key, queue: list) -> None:
         batch: list = []
         try:
             while queue:
                 batch = queue[:self.BATCH_LIMIT]
                 del queue[:self.BATCH_LIMIT]
+                items = [item for item, _ in batch]
                 try:
-                    outcomes = await self._record(key[0], batch)
-                except (*DATA_ERRORS, asyncpg.exceptions.TransactionRollbackError) as exc:
-                    # one event's value was refused, or the batch deadlocked with another task's
-                    # (each holding an event id the other sends too): each on its own, so only
-                    # that one fails
-                    outcomes = [exc] if len(batch) == 1 else [await self._record_one(key[0], item) for item in batch]
+                    outcomes = await self._write(key, items)
+                except self.RETRY_ONE_BY_ONE as exc:
+                    outcomes = [exc] if len(items) == 1 else [await self._write_one(key, item) for item in items]
                 except Exception as exc:  # PostgreSQL down, a timeout: the batch fails (503), the next ones try
-                    outcomes = [exc] * len(batch)
-                for (_, _, done), outcome in zip(batch, outcomes, strict=True):
-                    if done.done():  # its request was cancelled (the event may be recorded all the same)
+                    outcomes = [exc] * len(items)
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():  # its caller was cancelled (the item may be written all the same)
                         continue
                     if isinstance(outcome, Exception):
                         done.set_exception(outcome)
                     else:
                         done.set_result(outcome)
         except BaseException:  # cancelled (the pod stops): nothing is left waiting
-            for _, _, done in batch + queue:
+            for _, done in batch + queue:
                 if not done.done():
-                    done.set_exception(ConnectionError("the pod is stopping: the event may not be recorded"))
+                    done.set_exception(ConnectionError(f"the pod is stopping: {self.UNSURE}"))
             raise
         finally:
-            del self._queued[key]
+            self._queued.pop(key, None)
 
-    async def _record_one(self, variant: str, item: tuple) -> bool | Exception:
-        event, outbox, _ = item
+    async def _write_one(self, key, item):
         try:
-            return await record_event(self.pool, variant, event, outbox=outbox)
+            return (await self._write(key, [item]))[0]
         except Exception as exc:
             return exc
 
-    async def _record(self, variant: str, batch: list) -> list:
-        events = [event for event, _, _ in batch]
+
+class EventRecorder(GroupCommit):
+    """Events, per task: the events of a task that arrive while a recording round trip for it is
+    in flight go together in the next one (one call of record_events, one commit, one wait for
+    the task's order lock). They would queue behind the order lock anyway; in one call they cost
+    one round trip and one WAL flush instead of one each (a burst of 30 events to one task: 30
+    commits one after another without it). Every event is acked only after the commit that holds it.
+    """
+    # a refused value, or a batch that deadlocked with another task's (each holding an event id
+    # the other sends too)
+    RETRY_ONE_BY_ONE = (*DATA_ERRORS, asyncpg.exceptions.TransactionRollbackError)
+    UNSURE = "the event may not be recorded"
+
+    async def record(self, variant: str, event: Event, outbox: dict | None = None) -> bool:
+        """As record_event without a handoff: True if new, False for a re-send; raises
+        TaskCancelled, EventIdConflict, or what PostgreSQL raised."""
+        return await self._submit((variant, event.task_id, event.agent_id), (event, outbox))
+
+    async def _write(self, key: tuple[str, str, str], items: list) -> list:
+        variant, task_id, agent_id = key
+        events = [event for event, _ in items]
         rows = await self.pool.fetch(
-            RECORD_EVENTS, variant, events[0].task_id, events[0].agent_id, [e.event_id for e in events],
-            [e.sequence_id for e in events], [e.content for e in events], [outbox for _, outbox, _ in batch])
+            RECORD_EVENTS, variant, task_id, agent_id, [e.event_id for e in events],
+            [e.sequence_id for e in events], [e.content for e in events], [outbox for _, outbox in items])
         outcomes: list = []
         for event, row in zip(events, rows, strict=True):
             try:
@@ -420,78 +435,28 @@ class EventRecorder:
         return outcomes
 
 
-class EffectWriter:
-    """A pod's group commit of effect rows: the rows of the model calls that return while an
-    effects round trip is in flight go together in the next one (one INSERT, one commit), instead
-    of a transaction per call. Each call's rows are durable before its caller goes on (to its state
-    write), as with record_effects: a state write that fails after a model call (PostgreSQL
-    killed, a fenced holder) leaves the call on record. 30 handlers of a task return from their
-    model calls at about the same time: one round trip, not 30."""
+class EffectWriter(GroupCommit):
+    """Effect rows, one queue per pod: the rows of the model calls that return while an effects
+    round trip is in flight go together in the next one, instead of a transaction per call. Each
+    call's rows are durable before its caller goes on (to its state write), as with
+    record_effects: a state write that fails after a model call (PostgreSQL killed, a fenced
+    holder) leaves the call on record. 30 handlers of a task return from their model calls at
+    about the same time: one round trip, not 30."""
     BATCH_LIMIT = 200  # calls
-
-    def __init__(self, pool: asyncpg.Pool):
-        self.pool = pool
-        self._queue: list = []
-        self._flush_task: asyncio.Task | None = None
-
-    async def close(self) -> None:
-        """Let the round trip in flight end (before the pool closes)."""
-        if self._flush_task is not None:
-            await asyncio.gather(self._flush_task, return_exceptions=True)
+    UNSURE = "the effect rows may not be written"
 
     async def record(self, variant: str, task_id: str, agent_id: str, call_id: str, event_ids: list[str]) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self._queue.append(((variant, task_id, agent_id, call_id, event_ids), done))
-        # (done: a flush cancelled before its first step never ran its finally)
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush())
-        await done
+        await self._submit(None, (variant, task_id, agent_id, call_id, event_ids))
 
-    async def _flush(self) -> None:
-        batch: list = []
-        try:
-            while self._queue:
-                batch = self._queue[:self.BATCH_LIMIT]
-                del self._queue[:self.BATCH_LIMIT]
-                try:
-                    await self._insert([call for call, _ in batch])
-                    outcomes: list = [None] * len(batch)
-                except DATA_ERRORS:  # a value refused: each call on its own, so only that one fails
-                    outcomes = [await self._insert_one(call) for call, _ in batch]
-                except Exception as exc:  # PostgreSQL down, a timeout: the batch fails, the next ones try
-                    outcomes = [exc] * len(batch)
-                for (_, done), outcome in zip(batch, outcomes, strict=True):
-                    if done.done():  # its caller was cancelled
-                        continue
-                    if outcome is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(outcome)
-        except BaseException:  # cancelled (the pod stops): nothing is left waiting
-            for _, done in batch + self._queue:
-                if not done.done():
-                    done.set_exception(ConnectionError("the pod is stopping: the effect rows may not be written"))
-            self._queue.clear()
-            raise
-        finally:
-            self._flush_task = None
-
-    async def _insert_one(self, call: tuple) -> Exception | None:
-        try:
-            await self._insert([call])
-        except Exception as exc:
-            return exc
-        return None
-
-    async def _insert(self, calls: list[tuple]) -> None:
+    async def _write(self, key: None, calls: list[tuple]) -> list:
         rows = [(variant, task_id, agent_id, call_id, event_id)
                 for variant, task_id, agent_id, call_id, event_ids in calls for event_id in event_ids]
-        if not rows:
-            return
-        await self.pool.execute(
-            """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])""",
-            *(list(col) for col in zip(*rows)))
+        if rows:
+            await self.pool.execute(
+                """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])""",
+                *(list(col) for col in zip(*rows)))
+        return [None] * len(calls)
 
 
 async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
