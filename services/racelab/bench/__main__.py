@@ -219,16 +219,20 @@ async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 18
         await asyncio.sleep(1.0)
 
 
-async def ingest_and_drain(settings: Settings, args, variant: str, prefix: str) -> dict:
-    """One variant's ingest, then the wait until its log is drained (apply throughput)."""
+async def ingest_and_drain(settings: Settings, args, variant: str, prefix: str, tasks: int) -> dict:
+    """One variant's ingest, then the wait until its log is drained (apply throughput), then, for
+    a temporal variant, until its workflows have completed."""
     t0 = time.time()
     before = cpu_seconds(settings)
-    rate, n = await ingest(settings.gateway_url, variant, prefix, args.tasks, args.events, args.concurrency)
+    rate, n = await ingest(settings.gateway_url, variant, prefix, tasks, args.events, args.concurrency)
     say(f"  {variant}: ingest {rate:.0f} events/s ({n}); waiting for the log to be drained")
     apply_rate, c = await drain(settings, prefix, t0)
     say(f"  {variant}: apply {apply_rate:.0f} events/s")
+    cpu = cpu_ms_per_event(before, cpu_seconds(settings), n)
+    if variant in ("temporal", "temporal-naive"):
+        await settle_temporal(settings, prefix)
     # ingest and processing together (the checker's polling while it waits is counted too)
-    return {"ingest_eps": rate, "apply_eps": apply_rate, "cpu": cpu_ms_per_event(before, cpu_seconds(settings), n),
+    return {"ingest_eps": rate, "apply_eps": apply_rate, "cpu": cpu,
             "latency": {"p50": c.apply_latency_p50_ms, "p99": c.apply_latency_p99_ms, "lost": c.lost} if c else {}}
 
 
@@ -262,13 +266,10 @@ async def measure(settings: Settings, args) -> dict:
             # scripts' first load (round 1 was the lowest of three in every run: locked 0.59-0.66
             # against 0.73-0.84, 2026-11-26 05:45-05:58 UTC)
             say(f"  warm-up (not counted): {args.warmup_tasks} tasks x {args.events} events per target")
-            for name in ("bare", *args.variants):
-                await ingest(settings.gateway_url, name, f"bench-{stamp}-warmup-{name}-", args.warmup_tasks,
-                             args.events, args.concurrency)
+            await ingest(settings.gateway_url, "bare", f"bench-{stamp}-warmup-bare-", args.warmup_tasks,
+                         args.events, args.concurrency)
             for variant in args.variants:
-                await drain(settings, f"bench-{stamp}-warmup-{variant}-", time.time())
-                if variant in ("temporal", "temporal-naive"):
-                    await settle_temporal(settings, f"bench-{stamp}-warmup-{variant}-")
+                await ingest_and_drain(settings, args, variant, f"bench-{stamp}-warmup-{variant}-", args.warmup_tasks)
         for round_no in range(1, args.rounds + 1):
             say(f"  round {round_no} of {args.rounds}")
             before = cpu_seconds(settings, [p.pid for p in bare])
@@ -279,9 +280,7 @@ async def measure(settings: Settings, args) -> dict:
             say(f"  bare: {rate:.0f} events/s ({n})")
             for variant in args.variants:
                 prefix = f"bench-{stamp}-r{round_no}-ingest-{variant}-"
-                rounds[variant].append(await ingest_and_drain(settings, args, variant, prefix))
-                if variant in ("temporal", "temporal-naive"):
-                    await settle_temporal(settings, prefix)
+                rounds[variant].append(await ingest_and_drain(settings, args, variant, prefix, args.tasks))
     finally:
         for p in bare:
             p.terminate()

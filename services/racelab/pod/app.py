@@ -32,7 +32,9 @@ RETRY_AFTER_S = 2  # a PostgreSQL, Redis or Temporal restart takes a few seconds
 _PG_DOWN = (asyncpg.PostgresConnectionError,      # class 08: connection failures
             asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
             asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
-            asyncpg.exceptions.PostgresSystemError)  # class 58: I/O errors
+            asyncpg.exceptions.PostgresSystemError,  # class 58: I/O errors
+            asyncpg.exceptions.TransactionRollbackError,  # class 40: a deadlock; a retry succeeds
+            asyncpg.InterfaceError)                   # the connection is closed or broken
 _DEPENDENCY_MODULES = (("asyncpg", "PostgreSQL"), ("redis", "Redis"), ("temporalio", "Temporal"))
 
 
@@ -61,9 +63,7 @@ def classify_failure(exc: Exception) -> tuple[str, str] | None:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
             return "data", f"Temporal refused the request: {exc.message}"
         return "unavailable", "Temporal"
-    if isinstance(exc, _PG_DOWN) or isinstance(exc, asyncpg.InterfaceError):
-        return "unavailable", "PostgreSQL"
-    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):  # class 40: a deadlock; a retry succeeds
+    if isinstance(exc, _PG_DOWN):
         return "unavailable", "PostgreSQL"
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return "unavailable", "Redis"
@@ -136,12 +136,12 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
 
         async def handoff(conn, fresh: bool) -> None:
             await variant.handoff(conn, event, fresh, accepted_at)
+        outbox = variant.outbox_payload(event, accepted_at)
         try:
             if type(variant).handoff is not Variant.handoff:  # its own transaction per event, with the handoff
-                fresh = await db.record_event(pool, variant.name, event, handoff,
-                                              variant.outbox_payload(event, accepted_at))
+                fresh = await db.record_event(pool, variant.name, event, handoff, outbox)
             else:  # group commit: with the task's events that arrive meanwhile, in one statement
-                fresh = await variant.ctx.recorder.record(variant.name, event, variant.outbox_payload(event, accepted_at))
+                fresh = await variant.ctx.recorder.record(variant.name, event, outbox)
         except db.TaskCancelled:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: task {event.task_id!r} is cancelled",
                            http_status=409, rpc_id=req.rpc_id) from None

@@ -93,6 +93,7 @@ class Locked(Variant):
     async def start(self) -> None:
         self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
         await self.redis.ping()
+        self._lease_ms = int(self.ctx.settings.lock_ttl_s * 1000)
         self._try, self._finish, self._renew_script, self._release = (
             self.redis.register_script(script) for script in (TRY, FINISH, RENEW, RELEASE))
         self._wanted: set[Key] = set()
@@ -141,10 +142,10 @@ class Locked(Variant):
         task_id, agent_id, _ = key
         settings = self.ctx.settings
         lock, asks = f"racelab:lock:{task_id}:{agent_id}", f"racelab:asks:{task_id}:{agent_id}"
-        token, lease_ms = uuid.uuid4().hex, int(settings.lock_ttl_s * 1000)
+        token = uuid.uuid4().hex
         waited, mine = time.perf_counter(), 0
         while True:
-            mine, outcome, asked = await self._try(keys=[lock, asks], args=[token, lease_ms, mine, ASKS_TTL_S])
+            mine, outcome, asked = await self._try(keys=[lock, asks], args=[token, self._lease_ms, mine, ASKS_TTL_S])
             if outcome != BUSY:
                 break
             if time.perf_counter() - waited > settings.lock_wait_s:
@@ -161,7 +162,6 @@ class Locked(Variant):
         """Drain under the lock until nothing more is asked; asked: the number asked before the
         first read."""
         task_id, agent_id, owner = key
-        lease_ms = int(self.ctx.settings.lock_ttl_s * 1000)
         lease = Lease()
         renewer = asyncio.create_task(self._renew(lock, token, lease, key))
         outcome = LOST
@@ -177,7 +177,7 @@ class Locked(Variant):
                     self._wanted.add(key)
                     return
                 outcome, asked = await self._finish(
-                    keys=[lock, asks], args=[token, asked, lease_ms, int(key in self._wanted), ASKS_TTL_S])
+                    keys=[lock, asks], args=[token, asked, self._lease_ms, int(key in self._wanted), ASKS_TTL_S])
                 if outcome == LOST:
                     metrics.LOCK_FAILURES.labels(self.name, "expired").inc()
                     log.warning("lock of %s expired while held (fencing kept the state safe)", key)
@@ -198,7 +198,7 @@ class Locked(Variant):
         while True:
             await asyncio.sleep(every)
             try:
-                if not await self._renew_script(keys=[lock], args=[token, int(self.ctx.settings.lock_ttl_s * 1000)]):
+                if not await self._renew_script(keys=[lock], args=[token, self._lease_ms]):
                     raise LockError("the lock is not this holder's any more")
             except Exception as exc:
                 lease.lost = True
