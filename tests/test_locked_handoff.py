@@ -5,6 +5,7 @@ PostgreSQL and Redis of the lab; two Locked variants in this process stand for t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 from racelab import db
@@ -28,13 +29,21 @@ def event(task_id: str, n: int) -> Event:
                  content={"type": "text", "author": "user", "content": f"message {n}"})
 
 
-async def pod(settings, pool, name: str) -> Locked:
-    # no sweeper wake-ups during the test: only the two drains below may process anything
-    ctx = PodContext(settings=dataclasses.replace(settings, sweep_interval_s=600.0), pool=pool, pod_name=name,
-                     model=Model(MODEL_MS, 0.0))
-    variant = TwoPodLocked(ctx)
-    await variant.start()
-    return variant
+@contextlib.asynccontextmanager
+async def pods(settings, pool, *names: str):
+    """Started Locked instances, one per name (a pod each), stopped afterwards."""
+    variants = []
+    try:
+        for name in names:
+            # no sweeper wake-ups during the test: only the drains below may process anything
+            ctx = PodContext(settings=dataclasses.replace(settings, sweep_interval_s=600.0), pool=pool,
+                             pod_name=name, model=Model(MODEL_MS, 0.0))
+            variants.append(TwoPodLocked(ctx))
+            await variants[-1].start()
+        yield variants
+    finally:
+        for variant in variants:
+            await variant.stop()
 
 
 def count_holds(variants) -> dict[str, int]:
@@ -74,27 +83,23 @@ async def two_events_two_pods(pool, holder: Locked, other: Locked, task: str) ->
 
 async def test_an_event_acked_while_another_pod_holds_the_lock_is_drained_by_the_holder(lab):
     task = new_id("handoff")
-    async with await db.create_pool(lab.settings.pg_dsn) as pool:
-        holder, other = await pod(lab.settings, pool, "pod-a"), await pod(lab.settings, pool, "pod-b")
+    async with await db.create_pool(lab.settings.pg_dsn) as pool, \
+            pods(lab.settings, pool, "pod-a", "pod-b") as (holder, other):
         held = count_holds((holder, other))
-        try:
-            first, second, state = await two_events_two_pods(pool, holder, other, task)
-            assert state["history"] == [first.event_id, second.event_id]
-            assert state["processing_count"] == 2
-            # pod-a took the lock once: it read its own event, found pod-b's ask when its batch was
-            # written and kept the lock for a second read; pod-b never held the lock, and one model
-            # call served each event
-            assert held == {"pod-a": 1, "pod-b": 0}
-            assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
-        finally:
-            await holder.stop()
-            await other.stop()
+        first, second, state = await two_events_two_pods(pool, holder, other, task)
+        assert state["history"] == [first.event_id, second.event_id]
+        assert state["processing_count"] == 2
+        # pod-a took the lock once: it read its own event, found pod-b's ask when its batch was
+        # written and kept the lock for a second read; pod-b never held the lock, and one model
+        # call served each event
+        assert held == {"pod-a": 1, "pod-b": 0}
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
 
 
 async def test_an_ask_the_holder_did_not_serve_is_drained_by_the_pod_that_asked(lab):
     task = new_id("handoff-failed")
-    async with await db.create_pool(lab.settings.pg_dsn) as pool:
-        holder, other = await pod(lab.settings, pool, "pod-a"), await pod(lab.settings, pool, "pod-b")
+    async with await db.create_pool(lab.settings.pg_dsn) as pool, \
+            pods(lab.settings, pool, "pod-a", "pod-b") as (holder, other):
         held = count_holds((holder, other))
         batches = holder.process_batch
         calls = 0
@@ -106,20 +111,15 @@ async def test_an_ask_the_holder_did_not_serve_is_drained_by_the_pod_that_asked(
                 raise asyncio.TimeoutError("the read timed out")
             return await batches(*args)
         holder.process_batch = second_read_fails
-        try:
-            first, second, state = await two_events_two_pods(pool, holder, other, task)
-            assert state["history"] == [first.event_id, second.event_id]
-            assert held == {"pod-a": 1, "pod-b": 1}  # pod-b took the lock once pod-a let go unserved
-        finally:
-            await holder.stop()
-            await other.stop()
+        first, second, state = await two_events_two_pods(pool, holder, other, task)
+        assert state["history"] == [first.event_id, second.event_id]
+        assert held == {"pod-a": 1, "pod-b": 1}  # pod-b took the lock once pod-a let go unserved
 
 
 async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
     """The Redis steps of a drain, one script each: ask and take, look again, serve and keep or let go."""
     task = new_id("scripts")
-    async with await db.create_pool(lab.settings.pg_dsn) as pool:
-        v = await pod(lab.settings, pool, "pod-a")
+    async with await db.create_pool(lab.settings.pg_dsn) as pool, pods(lab.settings, pool, "pod-a") as (v,):
         lock, asks, ttl = f"racelab:lock:{task}:{AGENT}", f"racelab:asks:{task}:{AGENT}", 60
         try:
             assert await v._try(keys=[lock, asks], args=["a", 3000, 0, ttl]) == [1, TAKEN, 1]
@@ -142,4 +142,3 @@ async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
             assert await v.redis.get(lock) == b"d"
         finally:
             await v.redis.delete(lock, asks)
-            await v.stop()
