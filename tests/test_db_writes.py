@@ -138,6 +138,46 @@ async def _commit_batch(dsn: str) -> None:
         assert (after["cursor"], after["event_ids"]) == (batch["seqs"][1], ids[2:])
 
 
+def test_fence_and_read_in_one_statement_flags_a_batch_written_after_its_snapshot(scratch_db):
+    asyncio.run(_fence_and_read(scratch_db))
+
+
+async def _fence_and_read(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        for eid in ids:
+            await db.record_event(pool, VARIANT, event(task, eid))
+        args = (VARIANT, task, AGENT, AGENT, 50)
+        # the first holder of the task: no tracker yet; it is created with fence 1
+        first = await pool.fetchrow(db.FENCE_AND_READ_BATCH, *args)
+        assert (first["fence"], first["cursor"], first["event_ids"], first["consistent"]) == (1, 0, ids, True)
+        # a holder whose lease ran out writes its batch while a new holder takes the lock: the new
+        # holder's statement waits for the tracker row, its snapshot predates that batch
+        async with pool.acquire() as stale, pool.acquire() as newer:
+            tx = stale.transaction()
+            await tx.start()
+            assert await db.commit_batch(stale, VARIANT, task, AGENT, AGENT, 1, 0, first["seqs"][1],
+                                         apply_events(first["state"], ids[:2]), "stale, in flight")
+            taking = asyncio.create_task(newer.fetchrow(db.FENCE_AND_READ_BATCH, *args))
+            await asyncio.sleep(0.5)
+            assert not taking.done()  # waiting for the tracker row
+            await tx.commit()
+            raced = await taking
+        # the fence and cursor are the newest, the state is the older snapshot's: flagged
+        assert (raced["fence"], raced["cursor"], raced["consistent"]) == (2, first["seqs"][1], False)
+        assert raced["state"] is None or raced["state"]["history"] == []
+        again = await pool.fetchrow(db.READ_BATCH, *args)  # what the holder does then
+        assert (again["fence"], again["cursor"], again["event_ids"]) == (2, first["seqs"][1], ids[2:])
+        assert again["state"]["history"] == ids[:2]
+        # no batch in between: consistent, and the read starts at the cursor
+        later = await pool.fetchrow(db.FENCE_AND_READ_BATCH, *args)
+        assert (later["fence"], later["cursor"], later["event_ids"], later["consistent"]) == \
+            (3, first["seqs"][1], ids[2:], True)
+        assert later["state"]["history"] == ids[:2]
+
+
 def test_concurrent_whole_state_writes_take_turns_and_the_last_wins(scratch_db):
     asyncio.run(_write_state(scratch_db))
 
@@ -308,13 +348,14 @@ async def _group_commit(dsn: str) -> None:
         recorder._write = counted
         task, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
         events = [event(task) for _ in range(30)]
-        assert await asyncio.gather(*(recorder.record(VARIANT, e) for e in events)) == [True] * 30
+        seqs = await asyncio.gather(*(recorder.record(VARIANT, e) for e in events))  # a new event's seq each
         assert calls == 1
-        rows = await pool.fetch("SELECT event_id FROM events WHERE task_id = $1 ORDER BY seq", task)
+        rows = await pool.fetch("SELECT event_id, seq FROM events WHERE task_id = $1 ORDER BY seq", task)
         assert [r["event_id"] for r in rows] == [e.event_id for e in events]  # seq in arrival order
+        assert seqs == [r["seq"] for r in rows]
         # another task's events go in a round trip of their own; a lone event goes at once
-        assert await asyncio.gather(recorder.record(VARIANT, event(other)), recorder.record(VARIANT, events[0])) \
-            == [True, False]
+        got = await asyncio.gather(recorder.record(VARIANT, event(other)), recorder.record(VARIANT, events[0]))
+        assert got[0] > seqs[-1] and got[1] is None  # new, and a re-send
         assert calls == 3
         # one batch, an outcome each: a re-send, an id of another task, the same id twice, an
         # outbox row; a value PostgreSQL refuses fails that event alone
@@ -324,8 +365,8 @@ async def _group_commit(dsn: str) -> None:
         outboxes = [None, None, None, {"event_id": twice.event_id}, None, None, None]
         got = await asyncio.gather(*(recorder.record(VARIANT, e, o) for e, o in zip(mixed, outboxes)),
                                    return_exceptions=True)
-        assert got[:5] == [False, False, got[2], True, False] and isinstance(got[2], db.EventIdConflict)
-        assert isinstance(got[5], db.DATA_ERRORS) and got[6] is True
+        assert got[:5] == [None, None, got[2], got[3], None] and isinstance(got[2], db.EventIdConflict)
+        assert isinstance(got[5], db.DATA_ERRORS) and isinstance(got[3], int) and got[6] > got[3] > seqs[-1]
         assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 32
         assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = $1", mixed[5].event_id) == 0
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", twice.event_id) == 1
@@ -349,5 +390,6 @@ async def _recorder_down(dsn: str) -> None:
         recorder._write = failing_once(recorder._write)
         first = await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3)), return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in first)
-        assert await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3))) == [True] * 3
+        seqs = await asyncio.gather(*(recorder.record(VARIANT, event(task)) for _ in range(3)))
+        assert seqs == sorted(seqs) and all(isinstance(s, int) for s in seqs)  # recorded, new
         assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 3

@@ -67,7 +67,7 @@ async def two_events_two_pods(pool, holder: Locked, other: Locked, task: str) ->
     holder.wake(key)
     for _ in range(100):  # pod-a holds the lock (then 1 s in its model call for the first event)
         await asyncio.sleep(0.02)
-        if await holder.redis.exists(f"racelab:lock:{task}:{AGENT}"):
+        if await holder.redis.exists(f"racelab:lock:{TwoPodLocked.name}:{task}:{AGENT}"):
             break
     await asyncio.sleep(0.1)  # past its read of the first event
     assert await db.record_event(pool, TwoPodLocked.name, second) is True
@@ -93,6 +93,14 @@ async def test_an_event_acked_while_another_pod_holds_the_lock_is_drained_by_the
         # written and kept the lock for a second read; pod-b never held the lock, and one model
         # call served each event
         assert held == {"pod-a": 1, "pod-b": 0}
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
+        # pod-b woken again for its event (as for one acked while it waited): written already, so
+        # no lock is taken; woken without a seq (a re-send, the sweeper), it takes the lock to look
+        seq = await pool.fetchval("SELECT seq FROM events WHERE event_id = $1", second.event_id)
+        for wake_seq, holds in ((seq, 0), (0, 1)):
+            other.wake((task, AGENT, AGENT), wake_seq)
+            await asyncio.wait_for(other._drainers[(task, AGENT, AGENT)], 5)
+            assert held == {"pod-a": 1, "pod-b": holds}
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
 
 
@@ -120,7 +128,8 @@ async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
     """The Redis steps of a drain, one script each: ask and take, look again, serve and keep or let go."""
     task = new_id("scripts")
     async with await db.create_pool(lab.settings.pg_dsn) as pool, pods(lab.settings, pool, "pod-a") as (v,):
-        lock, asks, ttl = f"racelab:lock:{task}:{AGENT}", f"racelab:asks:{task}:{AGENT}", 60
+        lock, asks = (f"racelab:{kind}:{TwoPodLocked.name}:{task}:{AGENT}" for kind in ("lock", "asks"))
+        ttl = 60
         try:
             assert await v._try(keys=[lock, asks], args=["a", 3000, 0, ttl]) == [1, TAKEN, 1]
             assert await v._try(keys=[lock, asks], args=["b", 3000, 0, ttl]) == [2, BUSY, 0]  # b asks: a holds it
@@ -140,5 +149,16 @@ async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
             assert await v._try(keys=[lock, asks], args=["d", 3000, 0, ttl]) == [4, TAKEN, 4]
             assert await v._finish(keys=[lock, asks], args=["d", 4, 3000, 1, ttl]) == [KEEP, 4]
             assert await v.redis.get(lock) == b"d"
+            # d wrote its batches up to seq 120 and lets go; a stale holder's cursor is not noted
+            assert await v._finish(keys=[lock, asks], args=["d", 4, 3000, 0, ttl, 120]) == [RELEASED, 4]
+            assert await v._finish(keys=[lock, asks], args=["a", 4, 3000, 0, ttl, 500]) == [LOST, 0]
+            assert await v.redis.hget(asks, "written") == b"120"
+            # a pod whose events go up to seq 120 (or less) has nothing to drain: served, no ask, no lock
+            assert await v._try(keys=[lock, asks], args=["e", 3000, 0, ttl, 120]) == [0, SERVED, 0]
+            assert await v._try(keys=[lock, asks], args=["e", 3000, 0, ttl, 7]) == [0, SERVED, 0]
+            assert await v.redis.hget(asks, "asked") == b"4" and not await v.redis.exists(lock)
+            # one event past it, or seqs not known (0): an ask, and the lock
+            assert await v._try(keys=[lock, asks], args=["e", 3000, 0, ttl, 121]) == [5, TAKEN, 5]
+            assert await v._try(keys=[lock, asks], args=["f", 3000, 0, ttl, 0]) == [6, BUSY, 0]
         finally:
             await v.redis.delete(lock, asks)

@@ -137,18 +137,20 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
         async def handoff(conn, fresh: bool) -> None:
             await variant.handoff(conn, event, fresh, accepted_at)
         outbox = variant.outbox_payload(event, accepted_at)
+        seq = None
         try:
             if type(variant).handoff is not Variant.handoff:  # its own transaction per event, with the handoff
                 fresh = await db.record_event(pool, variant.name, event, handoff, outbox)
             else:  # group commit: with the task's events that arrive meanwhile, in one statement
-                fresh = await variant.ctx.recorder.record(variant.name, event, outbox)
+                seq = await variant.ctx.recorder.record(variant.name, event, outbox)
+                fresh = seq is not None
         except db.TaskCancelled:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: task {event.task_id!r} is cancelled",
                            http_status=409, rpc_id=req.rpc_id) from None
         except db.EventIdConflict:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: event id {event.event_id!r} was already "
                            "sent for another task", http_status=409, rpc_id=req.rpc_id) from None
-        variant.after_ack(event, fresh, accepted_at)
+        variant.after_ack(event, fresh, accepted_at, seq)
         return {"status": "processing"}
     ref = protocol.parse_task(req)
     if req.method == "task/create":

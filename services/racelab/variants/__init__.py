@@ -49,8 +49,10 @@ class Variant:
         """A row for the outbox, written in the statement that records the event (default: none)."""
         return None
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
-        """Runs once the reply is on its way (acked_at: epoch seconds): processing happens after it."""
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
+        """Runs once the reply is on its way (acked_at: epoch seconds): processing happens after it.
+        seq: the event's seq in the log when the pod knows it (a new event, recorded by the group
+        commit), else None."""
 
     async def on_task_created(self, ref: TaskRef) -> None:
         pass

@@ -23,7 +23,7 @@ class AsyncioLock(Variant):
         self._locks: dict[Key, asyncio.Lock] = {}
         self._users: dict[Key, int] = {}  # handlers holding or awaiting each lock
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         if fresh:  # a re-sent event was handled by its first delivery (in some pod)
             self.spawn(self.handle(event, acked_at), f"{self.name} {event.event_id}")
 

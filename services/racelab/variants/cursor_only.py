@@ -23,7 +23,7 @@ log = logging.getLogger("racelab.cursor-only")
 class CursorOnly(Variant):
     name = "cursor-only"
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         self.spawn(self.handle(event), f"{self.name} {event.event_id}")
 
     async def handle(self, event: Event) -> None:

@@ -60,7 +60,7 @@ class CursorSkip(Variant):
     async def health(self) -> None:
         await self.redis.ping()
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         self.spawn(self.ingest_then_drain(event, acked_at), f"{self.name} {event.event_id}")
 
     async def ingest_then_drain(self, event: Event, acked_at: float) -> None:

@@ -54,7 +54,7 @@ class LockOnly(Variant):
     async def health(self) -> None:
         await self.redis.ping()
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         # Like the seed's handler, every delivery is handled: there is no cursor to dedupe on.
         self.spawn(self.handle(event, acked_at), f"{self.name} {event.event_id}")
 

@@ -40,7 +40,7 @@ class Optimistic(Variant):
         CONFLICTS.labels(self.name)
         self.spawn(self._sweep_forever(), f"{self.name} sweeper")
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         if fresh:  # a re-sent event is its first delivery's (or the sweeper's) to apply
             self.spawn(self.handle(event.task_id, event.agent_id, event.event_id, acked_at,
                                    model_latency_ms(event.task_params), state_agent(event.task_params, event.agent_id)),

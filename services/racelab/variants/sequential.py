@@ -29,7 +29,7 @@ class Sequential(Variant):
         self._wake = asyncio.Event()
         self.spawn(self._drain_forever(), f"{self.name} drainer")
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         self._wake.set()
 
     async def _drain_forever(self) -> None:

@@ -71,7 +71,7 @@ class TemporalVariant(Variant):
         return {"event_id": event.event_id, "task_id": event.task_id, "agent_id": event.agent_id,
                 "sequence_id": event.sequence_id, "accepted_at": accepted_at, "task_params": event.task_params}
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         self._wake.set()
 
     async def _relay_forever(self) -> None:

@@ -14,7 +14,7 @@ from . import Variant
 class Unguarded(Variant):
     name = "unguarded"
 
-    def after_ack(self, event: Event, fresh: bool, acked_at: float) -> None:
+    def after_ack(self, event: Event, fresh: bool, acked_at: float, seq: int | None = None) -> None:
         # Like the seed's handler, every delivery is handled: a client's retry of an event is
         # processed again (and shows up as a duplicate).
         self.spawn(self.handle(event, acked_at), f"unguarded {event.event_id}")
