@@ -12,7 +12,7 @@ from racelab import db
 from racelab.model import Model
 from racelab.protocol import Event
 from racelab.variants import PodContext
-from racelab.variants.locked import BUSY, KEEP, LOST, RELEASED, SERVED, TAKEN, Locked
+from racelab.variants.locked import BUSY, KEEP, LOST, RELEASED, SERVED, TAKEN, Locked, redis_keys
 
 from helpers import new_id
 
@@ -67,7 +67,7 @@ async def two_events_two_pods(pool, holder: Locked, other: Locked, task: str) ->
     holder.wake(key)
     for _ in range(100):  # pod-a holds the lock (then 1 s in its model call for the first event)
         await asyncio.sleep(0.02)
-        if await holder.redis.exists(f"racelab:lock:{TwoPodLocked.name}:{task}:{AGENT}"):
+        if await holder.redis.exists(redis_keys(TwoPodLocked.name, task, AGENT)[0]):
             break
     await asyncio.sleep(0.1)  # past its read of the first event
     assert await db.record_event(pool, TwoPodLocked.name, second) is True
@@ -94,12 +94,23 @@ async def test_an_event_acked_while_another_pod_holds_the_lock_is_drained_by_the
         # call served each event
         assert held == {"pod-a": 1, "pod-b": 0}
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
-        # pod-b woken again for its event (as for one acked while it waited): written already, so
-        # no lock is taken; woken without a seq (a re-send, the sweeper), it takes the lock to look
+        # pod-b acks its event again (as for one acked while it waited): written already, so no
+        # ask and no lock; acked without a seq (a re-send, as the pod sees one), it asks and takes
+        # the lock to look
         seq = await pool.fetchval("SELECT seq FROM events WHERE event_id = $1", second.event_id)
-        for wake_seq, holds in ((seq, 0), (0, 1)):
-            other.wake((task, AGENT, AGENT), wake_seq)
+        asks = redis_keys(TwoPodLocked.name, task, AGENT)[1]
+        asked = int(await other.redis.hget(asks, "asked"))
+        tried, script = [], other._try
+
+        async def recorded(**kwargs):
+            tried.append(await script(**kwargs))
+            return tried[-1]
+        other._try = recorded
+        for ack_seq, holds, outcome in ((seq, 0, [0, SERVED, 0]), (None, 1, [asked + 1, TAKEN, asked + 1])):
+            tried.clear()
+            other.after_ack(second, ack_seq is not None, 0.0, ack_seq)
             await asyncio.wait_for(other._drainers[(task, AGENT, AGENT)], 5)
+            assert tried == [outcome] and not other._wanted
             assert held == {"pod-a": 1, "pod-b": holds}
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE task_id = $1", task) == 2
 
@@ -128,7 +139,7 @@ async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
     """The Redis steps of a drain, one script each: ask and take, look again, serve and keep or let go."""
     task = new_id("scripts")
     async with await db.create_pool(lab.settings.pg_dsn) as pool, pods(lab.settings, pool, "pod-a") as (v,):
-        lock, asks = (f"racelab:{kind}:{TwoPodLocked.name}:{task}:{AGENT}" for kind in ("lock", "asks"))
+        lock, asks = redis_keys(TwoPodLocked.name, task, AGENT)
         ttl = 60
         try:
             assert await v._try(keys=[lock, asks], args=["a", 3000, 0, ttl]) == [1, TAKEN, 1]
@@ -162,3 +173,9 @@ async def test_the_lock_scripts_serve_asks_only_under_the_holders_own_lock(lab):
             assert await v._try(keys=[lock, asks], args=["f", 3000, 0, ttl, 0]) == [6, BUSY, 0]
         finally:
             await v.redis.delete(lock, asks)
+
+
+def test_the_redis_keys_of_two_tasks_differ_though_their_ids_hold_colons():
+    # task "a:b" of agent "c" and task "a" of agent "b:c" share neither lock nor asks (nor `written`)
+    assert set(redis_keys("locked", "a:b", "c")).isdisjoint(redis_keys("locked", "a", "b:c"))
+    assert set(redis_keys("locked", "t", "a")).isdisjoint(redis_keys("locked-handoff", "t", "a"))

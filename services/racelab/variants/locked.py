@@ -101,6 +101,12 @@ RELEASE = """if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DE
 return 0"""
 
 
+def redis_keys(variant: str, task_id: str, agent_id: str) -> tuple[str, str]:
+    """The task's lock and asks keys, per variant (`written` is a cursor of the variant's tracker)
+    and unambiguous though ids may hold ":" (the task id's length goes first)."""
+    return tuple(f"racelab:{kind}:{variant}:{len(task_id)}:{task_id}:{agent_id}" for kind in ("lock", "asks"))
+
+
 class Locked(Variant):
     name = "locked"
 
@@ -162,8 +168,7 @@ class Locked(Variant):
         highest seq of this pod's events to drain (0: not known); written already, nothing to do."""
         task_id, agent_id, _ = key
         settings = self.ctx.settings
-        # per variant: `written` is a cursor of this variant's tracker (a test's Locked has its own name)
-        lock, asks = (f"racelab:{kind}:{self.name}:{task_id}:{agent_id}" for kind in ("lock", "asks"))
+        lock, asks = redis_keys(self.name, task_id, agent_id)
         token = uuid.uuid4().hex
         waited, mine = time.perf_counter(), 0
         while True:
@@ -177,7 +182,8 @@ class Locked(Variant):
                 self._want(key, upto)
                 return
             await asyncio.sleep(ASK_CHECK_S)
-        metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
+        if mine:  # (not for a drain served at once, without an ask)
+            metrics.LOCK_WAIT.labels(self.name).observe(time.perf_counter() - waited)
         if outcome == TAKEN:
             await self._hold(key, lock, asks, token, asked)
 
