@@ -110,13 +110,19 @@ def test_commit_batch_refuses_a_stale_holder(scratch_db):
     asyncio.run(_commit_batch(scratch_db))
 
 
+async def task_with_events(pool, n: int = 3) -> tuple[str, list[str]]:
+    """A new task with n events recorded: (its id, the events' ids in seq order)."""
+    task = f"t-{uuid.uuid4().hex[:8]}"
+    await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for eid in ids:
+        await db.record_event(pool, VARIANT, event(task, eid))
+    return task, ids
+
+
 async def _commit_batch(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
-        task = f"t-{uuid.uuid4().hex[:8]}"
-        await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))
-        ids = [str(uuid.uuid4()) for _ in range(3)]
-        for eid in ids:
-            await db.record_event(pool, VARIANT, event(task, eid))
+        task, ids = await task_with_events(pool)
         old = await db.take_fence(pool, VARIANT, task, AGENT)
         batch = await pool.fetchrow(db.READ_BATCH, VARIANT, task, AGENT, AGENT, 50)
         assert (batch["fence"], batch["cursor"], batch["event_ids"]) == (old, 0, ids)
@@ -144,11 +150,7 @@ def test_fence_and_read_in_one_statement_flags_a_batch_written_after_its_snapsho
 
 async def _fence_and_read(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
-        task = f"t-{uuid.uuid4().hex[:8]}"
-        await db.create_task(pool, VARIANT, TaskRef(AGENT, task, {}))
-        ids = [str(uuid.uuid4()) for _ in range(3)]
-        for eid in ids:
-            await db.record_event(pool, VARIANT, event(task, eid))
+        task, ids = await task_with_events(pool)
         args = (VARIANT, task, AGENT, AGENT, 50)
         # the first holder of the task: no tracker yet; it is created with fence 1
         first = await pool.fetchrow(db.FENCE_AND_READ_BATCH, *args)
