@@ -450,13 +450,7 @@ class EffectWriter(GroupCommit):
         await self._submit(None, (variant, task_id, agent_id, call_id, event_ids))
 
     async def _write(self, key: None, calls: list[tuple]) -> list:
-        rows = [(variant, task_id, agent_id, call_id, event_id)
-                for variant, task_id, agent_id, call_id, event_ids in calls for event_id in event_ids]
-        if rows:
-            await self.pool.execute(
-                """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])""",
-                *(list(col) for col in zip(*rows)))
+        await insert_effects(self.pool, calls)
         return [None] * len(calls)
 
 
@@ -516,9 +510,19 @@ async def write_state_if_version(conn, variant: str, task_id: str, agent_id: str
 
 
 async def record_effects(conn, variant: str, task_id: str, agent_id: str, call_id: str, event_ids: list[str]) -> None:
-    await conn.execute(
-        """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
-           SELECT $1, $2, $3, $4::uuid, unnest($5::text[])""", variant, task_id, agent_id, call_id, event_ids)
+    await insert_effects(conn, [(variant, task_id, agent_id, call_id, event_ids)])
+
+
+async def insert_effects(conn, calls: list[tuple]) -> None:
+    """The effect rows of model calls, (variant, task_id, agent_id, call_id, event_ids) each, in one
+    statement: a row per event id."""
+    rows = [(variant, task_id, agent_id, call_id, event_id)
+            for variant, task_id, agent_id, call_id, event_ids in calls for event_id in event_ids]
+    if rows:
+        await conn.execute(
+            """INSERT INTO effects (variant, task_id, agent_id, call_id, event_id)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])""",
+            *(list(col) for col in zip(*rows)))
 
 
 _TAKE_FENCE = """INSERT INTO trackers (variant, task_id, agent_id, fence) VALUES ($1, $2, $3, 1)
