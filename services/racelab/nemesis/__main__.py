@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 
@@ -38,6 +39,20 @@ async def run_schedule(settings: Settings, spec: str, duration_s: float, log_pat
     return list(await asyncio.gather(*(fire(t, fault) for t, fault in plan)))
 
 
+async def run_until_terminated(settings: Settings, spec: str, duration_s: float, log_path, run_id: str,
+                               runtime_name: str | None = None) -> list | None:
+    """run_schedule, or None when SIGTERM stopped it first. SIGTERM (what `make load` sends a
+    nemesis that overruns its time, and what a supervisor sends) cancels the faults in progress,
+    so that a pause ends with its SIGCONT/unpause: Python's default for SIGTERM is to exit on the
+    spot, which left the paused pod stopped for good."""
+    me = asyncio.current_task()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
+    try:
+        return await run_schedule(settings, spec, duration_s, log_path, run_id, runtime_name)
+    except asyncio.CancelledError:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m racelab.nemesis", description="inject faults into the running lab on a schedule",
@@ -52,10 +67,13 @@ def main() -> None:
     settings = Settings.from_env()
     try:
         duration_s = parse_seconds(args.duration)
-        records = asyncio.run(run_schedule(settings, args.faults, duration_s, args.log or None, args.run_id,
-                                           args.runtime))
+        records = asyncio.run(run_until_terminated(settings, args.faults, duration_s, args.log or None,
+                                                   args.run_id, args.runtime))
     except (FaultSpecError, FaultError, ValueError) as exc:
         raise SystemExit(f"racelab nemesis: {exc}")
+    if records is None:
+        print("nemesis: stopped (SIGTERM); the faults in progress were undone", flush=True)
+        sys.exit(128 + signal.SIGTERM)
     sys.exit(1 if any(r.back_at is None for r in records) else 0)
 
 
