@@ -47,3 +47,22 @@ async def test_sigterm_mid_pause_resumes_the_pod(lab):
     assert runtime.pid(POD) == pid  # resumed, not restarted
     back = await runtime.wait_back(POD, None, timeout_s=15)
     assert back > 0
+
+
+def test_make_up_resumes_a_pod_left_stopped(lab):
+    """A nemesis killed outright (SIGKILL) mid-pause cannot undo it: `make status` shows the pod
+    stopped, and `make up` on the running lab resumes it."""
+    runtime = NativeRuntime(lab.settings)
+    pid = runtime.pid(POD)
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        status = lab.run("-m", "racelab.lab", "status", check=False)
+        up = lab.run("-m", "racelab.lab", "up", check=False)
+        state_after = process_state(pid)
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    line = next(l for l in status.stdout.splitlines() if l.split()[:1] == [POD])
+    assert "STOPPED by SIGSTOP" in line and "UNHEALTHY" in line, status.stdout
+    assert status.returncode == 1
+    assert up.returncode == 0 and f"{POD} (pid {pid})" in up.stdout, up.stdout + up.stderr
+    assert state_after != "T"

@@ -98,6 +98,32 @@ def supervisord_pid(settings: Settings) -> int | None:
     return pid
 
 
+def stopped_processes(settings: Settings) -> dict[str, int]:
+    """The lab's processes that are stopped (SIGSTOP: a nemesis pause whose SIGCONT never came,
+    its nemesis killed mid-pause), by name: supervisor still counts them as running."""
+    out = {}
+    for info in supervisor_rpc(settings).getAllProcessInfo():
+        pid = int(info.get("pid") or 0)
+        try:
+            if pid and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                out[info["name"]] = pid
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+    return out
+
+
+def resume_stopped(settings: Settings) -> list[str]:
+    """Continue the stopped processes (their whole process group, as the pause stopped it)."""
+    resumed = []
+    for name, pid in stopped_processes(settings).items():
+        try:
+            os.killpg(pid, signal.SIGCONT)
+            resumed.append(f"{name} (pid {pid})")
+        except ProcessLookupError:
+            pass
+    return resumed
+
+
 # ---------------------------------------------------------------- preparing
 
 def postgres_user() -> str | None:
@@ -239,6 +265,9 @@ def up(settings: Settings) -> int:
     pid = supervisord_pid(settings)
     if pid:
         say(f"racelab is already running (supervisord pid {pid}, state dir {settings.state_dir}); nothing started.")
+        resumed = resume_stopped(settings)
+        if resumed:
+            say(f"resumed what a pause had left stopped (SIGCONT): {', '.join(resumed)}")
         say("`make status` shows its components, `make down` stops it.")
         return 0
     run_as = postgres_user()
@@ -386,6 +415,10 @@ def status(settings: Settings) -> int:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             return await asyncio.gather(*(healthy(i, settings, session) for i in insts))
     health = asyncio.run(check_all())
+    stopped = stopped_processes(settings)
+    for name in stopped:
+        state, detail = procs.get(name, ("?", ""))
+        procs[name] = (state, f"{detail}, STOPPED by SIGSTOP (a pause not undone): `make up` resumes it")
     say(f"racelab in {settings.state_dir} (supervisord pid {pid})")
     say(f"  {'component':<20} {'process':<10} {'health':<10} {'port':>6}  detail")
     for inst, ok in zip(insts, health):
