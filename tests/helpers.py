@@ -75,3 +75,35 @@ async def wait_until(predicate, timeout_s: float = 30.0, poll_s: float = 0.2):
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(poll_s)
+
+
+async def stop_mid_pause(settings, cmd: list[str], sig, env: dict, pod: str = "pod-locked-1",
+                         cwd=None) -> tuple[str, int, str, float]:
+    """Run a fault injector (cmd) that pauses `pod`, send it `sig` once the pod is stopped, and
+    return (the pod's process state right after the injector exited, its exit code, its output,
+    seconds from the pause to that exit). The pod is resumed in any case afterwards."""
+    import os
+    import signal
+    import subprocess
+
+    from racelab.lab.native import process_state
+    from racelab.nemesis.runtimes import NativeRuntime
+    pid = NativeRuntime(settings).pid(pod)
+    assert process_state(pid) != "T"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while process_state(pid) != "T":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the pod was never paused: {proc.communicate()[0][-2000:]}")
+            await asyncio.sleep(0.02)
+        paused_at = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        return process_state(pid), proc.returncode, out, time.monotonic() - paused_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.killpg(pid, signal.SIGCONT)  # never leave the session's pod stopped, whatever happened

@@ -4,10 +4,14 @@ fault mid-burst. locked and temporal must show 0 broken acks, 0 lost, 0 duplicat
 every acked event applied within 15 s of the component being back. unguarded is run and
 reported, not judged. The lab is whole and healthy again after each fault."""
 import asyncio
+import os
+import signal
+import sys
 
 import aiohttp
 import pytest
 
+from helpers import stop_mid_pause
 from racelab.clients.chaos import RECOVERY_LIMIT_S, chaos_one
 from racelab.lab.native import healthy, postgres_user
 from racelab.lab.topology import services
@@ -46,3 +50,16 @@ async def test_guarded_variants_survive_the_fault(lab, kind):
     assert (u.acked, u.broken_acks, u.accepted) == (8 * 15, 0, 8 * 15)
     assert u.lost == u.accepted - (u.applied - u.phantoms)
     assert await whole_lab_healthy(lab.settings) == []
+
+
+async def test_make_chaos_stopped_by_sigterm_resumes_the_pod(lab, tmp_path):
+    """make chaos pauses replica 1 of the variant mid-burst; SIGTERM then undoes the pause (Python's
+    default exit left the pod stopped). Here, before the session's load run: the aborted run is
+    not the newest one the dashboards' tests look at."""
+    state, code, out, took = await stop_mid_pause(
+        lab.settings, [sys.executable, "-m", "racelab.clients.chaos", "--fault", "pause-pod", "--variant", "locked",
+                       "--tasks", "2", "--events", "10", "--spread", "1"],
+        signal.SIGTERM, dict(os.environ, RUNTIME="native", RACELAB_RESULTS_DIR=str(tmp_path)), "pod-locked-1")
+    assert state != "T", "make chaos left the pod stopped"
+    assert took < lab.settings.lock_ttl_s * 2.5, "the pause ran its full time"
+    assert code == 128 + signal.SIGTERM and "chaos: stopped (SIGTERM)" in out, out[-2000:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 import uuid
@@ -30,6 +31,7 @@ from ..config import DEFAULT_VARIANTS, Settings
 from ..nemesis.faults import KINDS, TARGETED, Fault
 from ..nemesis.record import FaultRecord, inject
 from ..nemesis.runtimes import runtime_for
+from ..nemesis.stopping import cancel_on_sigterm
 from .burst import register_run, run_burst
 
 RECOVERY_LIMIT_S = 15.0
@@ -169,6 +171,7 @@ def main() -> None:
     rows, failed, faults = [], [], []
 
     async def run_all() -> None:
+        cancel_on_sigterm()  # a fault in progress undoes itself (a paused pod is resumed)
         for kind in args.fault or KINDS:
             outcome = await chaos_one(settings, kind, variants, args.tasks, args.events, args.spread, args.at,
                                       args.dup_rate, run_dir, progress=lambda m: print(m, flush=True))
@@ -184,6 +187,9 @@ def main() -> None:
         asyncio.run(run_all())
     except OSError as exc:
         raise SystemExit(f"cannot reach the lab: {exc}. Is it up (make up)?")
+    except asyncio.CancelledError:  # SIGTERM
+        print(f"chaos: stopped (SIGTERM); the fault in progress was undone; what ran is in {run_dir}", flush=True)
+        sys.exit(128 + signal.SIGTERM)
     text = table(rows) + "\n" + ("FAIL:\n  " + "\n  ".join(failed) if failed else
                                  "OK: every guarded variant passed every fault")
     (run_dir / "chaos.txt").write_text(text + "\n")

@@ -99,28 +99,48 @@ def supervisord_pid(settings: Settings) -> int | None:
 
 
 def stopped_processes(settings: Settings) -> dict[str, int]:
-    """The lab's processes that are stopped (SIGSTOP: a nemesis pause whose SIGCONT never came,
-    its nemesis killed mid-pause), by name: supervisor still counts them as running."""
+    """The lab's processes that are stopped by SIGSTOP, by name: a nemesis pause in progress, or
+    one whose nemesis was killed before its SIGCONT (supervisor still counts them as running).
+    Empty when supervisor does not answer."""
+    from xmlrpc.client import Error as XmlRpcError
+    try:
+        infos = supervisor_rpc(settings).getAllProcessInfo()
+    except (OSError, XmlRpcError) as exc:
+        say(f"(supervisor did not answer: {exc}; stopped processes not checked)")
+        return {}
     out = {}
-    for info in supervisor_rpc(settings).getAllProcessInfo():
+    for info in infos:
         pid = int(info.get("pid") or 0)
-        try:
-            if pid and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
-                out[info["name"]] = pid
-        except (OSError, IndexError):
-            continue  # gone meanwhile
+        if pid and process_state(pid) == "T":  # ("t" is a debugger's stop: not ours to end)
+            out[info["name"]] = pid
     return out
 
 
+def process_state(pid: int) -> str:
+    """R, S, D, T (stopped), ... from /proc; "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def resume_stopped(settings: Settings) -> list[str]:
-    """Continue the stopped processes (their whole process group, as the pause stopped it)."""
+    """Continue the stopped processes (their whole process group, as a pause stops it); the
+    names of those running again."""
     resumed = []
     for name, pid in stopped_processes(settings).items():
         try:
-            os.killpg(pid, signal.SIGCONT)
-            resumed.append(f"{name} (pid {pid})")
+            os.killpg(os.getpgid(pid), signal.SIGCONT)
         except ProcessLookupError:
-            pass
+            continue
+        except OSError as exc:
+            say(f"could not resume {name} (pid {pid}): {exc}")
+            continue
+        for _ in range(20):  # the state changes at once; this only allows for a slow scheduler
+            if process_state(pid) != "T":
+                resumed.append(f"{name} (pid {pid})")
+                break
+            time.sleep(0.05)
     return resumed
 
 
@@ -418,7 +438,8 @@ def status(settings: Settings) -> int:
     stopped = stopped_processes(settings)
     for name in stopped:
         state, detail = procs.get(name, ("?", ""))
-        procs[name] = (state, f"{detail}, STOPPED by SIGSTOP (a pause not undone): `make up` resumes it")
+        procs[name] = (state, f"{detail}, STOPPED by SIGSTOP (a pause in progress, or one whose nemesis was "
+                              "killed): `make up` resumes it")
     say(f"racelab in {settings.state_dir} (supervisord pid {pid})")
     say(f"  {'component':<20} {'process':<10} {'health':<10} {'port':>6}  detail")
     for inst, ok in zip(insts, health):

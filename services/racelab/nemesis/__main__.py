@@ -14,6 +14,7 @@ from ..config import Settings
 from .faults import KINDS, FaultSpecError, parse_schedule
 from .record import inject
 from .runtimes import FaultError, runtime_for
+from .stopping import cancel_on_sigterm
 
 
 def parse_seconds(text: str) -> float:
@@ -44,13 +45,15 @@ async def run_until_terminated(settings: Settings, spec: str, duration_s: float,
     """run_schedule, or None when SIGTERM stopped it first. SIGTERM (what `make load` sends a
     nemesis that overruns its time, and what a supervisor sends) cancels the faults in progress,
     so that a pause ends with its SIGCONT/unpause: Python's default for SIGTERM is to exit on the
-    spot, which left the paused pod stopped for good."""
-    me = asyncio.current_task()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
+    spot, which left the paused pod stopped for good. (Ctrl-C cancels them too, through
+    asyncio.run, and ends as KeyboardInterrupt.)"""
+    terminated = cancel_on_sigterm()
     try:
         return await run_schedule(settings, spec, duration_s, log_path, run_id, runtime_name)
     except asyncio.CancelledError:
-        return None
+        if terminated():
+            return None
+        raise
 
 
 def main() -> None:
@@ -71,6 +74,9 @@ def main() -> None:
                                                    args.run_id, args.runtime))
     except (FaultSpecError, FaultError, ValueError) as exc:
         raise SystemExit(f"racelab nemesis: {exc}")
+    except KeyboardInterrupt:
+        print("nemesis: interrupted; the faults in progress were undone", flush=True)
+        sys.exit(130)
     if records is None:
         print("nemesis: stopped (SIGTERM); the faults in progress were undone", flush=True)
         sys.exit(128 + signal.SIGTERM)

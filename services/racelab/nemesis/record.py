@@ -43,8 +43,23 @@ async def inject(settings: Settings, runtime, fault: Fault, run_id: str = "", lo
             old = await runtime.kill(process)
             back_at = await runtime.wait_back(process, old)
         record = FaultRecord(fault.kind, process, at, back_at, run_id)
+    except asyncio.CancelledError:
+        # the nemesis was stopped mid-fault (the fault itself is undone by then): the fault
+        # happened, so it is recorded all the same, as not seen back
+        record = FaultRecord(fault.kind, process, at, None, run_id, error="cancelled: the nemesis was stopped")
+        try:
+            await asyncio.wait_for(keep(settings, runtime, record, log_path, store_timeout_s=3.0), 5.0)
+        except (asyncio.TimeoutError, OSError):
+            pass  # the JSON line is written first; the row is best effort while stopping
+        raise
     except Exception as exc:
         record = FaultRecord(fault.kind, process, at, None, run_id, error=f"{exc.__class__.__name__}: {exc}")
+    await keep(settings, runtime, record, log_path)
+    return record
+
+
+async def keep(settings: Settings, runtime, record: FaultRecord, log_path, store_timeout_s: float = 30.0) -> None:
+    """The fault's JSON line in the run's log and its row in the lab's faults table."""
     if log_path:
         path = Path(log_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +68,7 @@ async def inject(settings: Settings, runtime, fault: Fault, run_id: str = "", lo
     if getattr(runtime, "name", "native") == "docker":
         runtime.store(record)  # the lab's PostgreSQL is reachable from inside the compose network only
     else:
-        await store(settings, record)
-    return record
+        await store(settings, record, store_timeout_s)
 
 
 async def store(settings: Settings, record: FaultRecord, timeout_s: float = 30.0) -> bool:

@@ -53,11 +53,16 @@ class NativeRuntime:
         return self._signal(process, signal.SIGKILL)
 
     async def pause(self, process: str, seconds: float) -> None:
-        self._signal(process, signal.SIGSTOP)
+        pid = self._signal(process, signal.SIGSTOP)
         try:
             await asyncio.sleep(seconds)
         finally:
-            self._signal(process, signal.SIGCONT)
+            # the group stopped, not a fresh lookup through supervisor: undoing the pause must not
+            # depend on supervisor answering
+            try:
+                os.killpg(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass  # gone meanwhile: nothing left stopped
 
     async def wait_back(self, process: str, old_pid: int | None, timeout_s: float = 90.0) -> float:
         """Wait until the process runs again (a new pid after a kill) and its health check
