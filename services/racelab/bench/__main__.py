@@ -40,7 +40,7 @@ from ..checker.quiescence import wait_for_quiescence
 from ..config import ALL_VARIANTS, Settings
 from ..clients.burst import run_burst
 from ..clients.load import lab_is_up, link_latest, results_root
-from ..lab.native import lab_processes
+from ..lab.native import lab_processes, proc_stat
 from ..lab.topology import find_binary, nginx_conf, paths
 from . import checker_scale, temporal_limit
 
@@ -150,7 +150,7 @@ def cpu_seconds(settings: Settings, extra_pids=()) -> dict[str, float]:
     out: dict[str, float] = {}
     for pid in {*lab_processes(settings), *extra_pids}:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = proc_stat(pid)
             group = _group(pid)
         except (OSError, IndexError):
             continue  # a process that ended between the listing and the read

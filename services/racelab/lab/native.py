@@ -116,10 +116,17 @@ def stopped_processes(settings: Settings) -> dict[str, int]:
     return out
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first: man 5 proc, field 3
+    on); the name may hold spaces and brackets, so the split is at its last ")". Raises OSError
+    when the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_state(pid: int) -> str:
     """R, S, D, T (stopped), ... from /proc; "" if it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return proc_stat(pid)[0]
     except (OSError, IndexError):
         return ""
 
