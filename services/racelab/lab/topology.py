@@ -116,6 +116,11 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  "--dynamic-config-value", 'history.cacheTTL="2m"',
                  "--dynamic-config-value",
                  'history.cacheBackgroundEvict={{"Enabled":true,"LoopInterval":"30s","MaxEntryPerCall":4096}}',  # ({{}}: format)
+                 # the cross-cluster replication cache (XDC): every appended history batch goes in it
+                 # and stays until the cache is full, 8 MiB of blob bytes by its own count (about 40
+                 # MiB of heap, found by scanning the dev server's memory for the lab's payloads).
+                 # A single-cluster lab never reads it: the smallest size the server takes (64 KiB).
+                 "--dynamic-config-value", "history.xdcCacheMaxSizeBytes=65536",
                  "--ui-disable-news-fetch"),  # the UI must not reach out to the network
                 (settings.temporal_port,), "temporal",
                 extra_ports=(settings.temporal_ui_port, settings.temporal_metrics_port, settings.temporal_http_port)),
