@@ -117,9 +117,10 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  "--dynamic-config-value",
                  'history.cacheBackgroundEvict={{"Enabled":true,"LoopInterval":"30s","MaxEntryPerCall":4096}}',  # ({{}}: format)
                  # the cross-cluster replication cache (XDC): every appended history batch goes in it
-                 # and stays until the cache is full, 8 MiB of blob bytes by its own count (about 40
-                 # MiB of heap, found by scanning the dev server's memory for the lab's payloads).
-                 # A single-cluster lab never reads it: the smallest size the server takes (64 KiB).
+                 # and stays until the cache is full: 8 MiB of blob bytes by its own count, several
+                 # times that in heap (found by scanning the dev server's heap for the lab's payloads;
+                 # README, seventh pass). Only replication reads it, which a single-cluster lab never
+                 # does: the smallest size the server takes (64 KiB).
                  "--dynamic-config-value", "history.xdcCacheMaxSizeBytes=65536",
                  "--ui-disable-news-fetch"),  # the UI must not reach out to the network
                 (settings.temporal_port,), "temporal",
