@@ -112,7 +112,7 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  # a task's workflow completes when idle; its closed run must then leave the history
                  # cache (8096 entries, its cache_size metric), which drops an expired entry only
                  # when touched, unless it evicts in the background. make soak, dev server PSS over
-                 # 10 min: +21 % before, +13 % with this (the rest: Go heap kept per run, README)
+                 # 10 min: +21 % before, +13 % with this (the rest: the XDC cache below)
                  "--dynamic-config-value", 'history.cacheTTL="2m"',
                  "--dynamic-config-value",
                  'history.cacheBackgroundEvict={{"Enabled":true,"LoopInterval":"30s","MaxEntryPerCall":4096}}',  # ({{}}: format)
