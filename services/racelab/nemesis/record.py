@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,9 +67,12 @@ async def keep(settings: Settings, runtime, record: FaultRecord, log_path, store
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"t": record.at, **asdict(record)}) + "\n")
     if getattr(runtime, "name", "native") == "docker":
-        runtime.store(record)  # the lab's PostgreSQL is reachable from inside the compose network only
+        stored = await runtime.store(record)  # the lab's PostgreSQL is reachable from inside the compose network only
     else:
-        await store(settings, record, store_timeout_s)
+        stored = await store(settings, record, store_timeout_s)
+    if not stored:
+        print(f"nemesis: the {record.kind} of {record.target} is in the run's log but not in the lab's faults "
+              "table (PostgreSQL did not take it): the dashboards will not mark it", file=sys.stderr, flush=True)
 
 
 async def store(settings: Settings, record: FaultRecord, timeout_s: float = 30.0) -> bool:
@@ -90,7 +94,6 @@ async def store(settings: Settings, record: FaultRecord, timeout_s: float = 30.0
 if __name__ == "__main__":
     # `python -m racelab.nemesis.record '<FaultRecord as JSON>'`: store one record in the lab's
     # faults table (the compose runtime runs this inside the checker container).
-    import sys
     doc = json.loads(sys.argv[1])
     ok = asyncio.run(store(Settings.from_env(), FaultRecord(**{k: doc[k] for k in FaultRecord.__dataclass_fields__})))
     sys.exit(0 if ok else 1)

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 
 import aiohttp
@@ -88,62 +87,106 @@ class NativeRuntime:
 
 class ComposeRuntime:
     """Docker Compose: a process name maps to one container of a service (pod-locked-2 is the
-    second replica of service pod-locked; worker-1 the first of worker)."""
+    second replica of service pod-locked; worker-1 the first of worker).
+
+    Every docker command runs as an asyncio subprocess with a time limit: the nemesis runs its
+    faults concurrently, and a blocking call held up every other fault (and a stop) for as long
+    as docker took. A command that changes a container (pause, unpause, kill, start) is let
+    finish when the fault is cancelled, so that what undoes it comes after it."""
     name = "docker"
 
-    def __init__(self, settings: Settings, compose: tuple[str, ...] = ("docker", "compose")):
+    def __init__(self, settings: Settings, compose: tuple[str, ...] = ("docker", "compose"),
+                 timeout_s: float = 60.0):
         self.settings = settings
         self.compose = compose
+        self.timeout_s = timeout_s
 
-    def container(self, process: str) -> str:
+    async def _run(self, *argv: str, finish_on_cancel: bool = False) -> tuple[int, str, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:  # no docker binary
+            raise FaultError(f"{' '.join(argv[:2])}: {exc}") from None
+        done = asyncio.ensure_future(proc.communicate())
+        try:
+            out, err = await asyncio.wait_for(asyncio.shield(done), self.timeout_s)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await done
+            raise FaultError(f"{' '.join(argv)}: no answer in {self.timeout_s:.0f} s") from None
+        except asyncio.CancelledError:
+            if finish_on_cancel:  # it may take effect still: let it end before what undoes it
+                try:
+                    await asyncio.wait_for(done, self.timeout_s)
+                except asyncio.TimeoutError:
+                    pass
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def container(self, process: str) -> str:
         service, _, replica = process.rpartition("-")
         if not replica.isdigit():
             service, replica = process, "1"
-        done = subprocess.run([*self.compose, "ps", "--all", "--format", "json", service],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise FaultError(f"docker compose ps {service}: {done.stderr.strip()}")
-        rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip().startswith("{")]
-        if done.stdout.strip().startswith("["):
-            rows = json.loads(done.stdout)
+        code, out, err = await self._run(*self.compose, "ps", "--all", "--format", "json", service)
+        if code != 0:
+            raise FaultError(f"docker compose ps {service}: {err.strip()}")
+        rows = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+        if out.strip().startswith("["):
+            rows = json.loads(out)
         for row in rows:
             if row.get("Name", "").endswith(f"-{replica}"):
                 return row["ID"]
         raise FaultError(f"no container {process!r} (service {service}, replica {replica})")
 
-    def _docker(self, *args: str) -> None:
-        done = subprocess.run(["docker", *args], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise FaultError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    async def _docker(self, *args: str) -> None:
+        code, _, err = await self._run("docker", *args, finish_on_cancel=True)
+        if code != 0:
+            raise FaultError(f"docker {' '.join(args)}: {err.strip()}")
 
     async def kill(self, process: str) -> str:
-        cid = self.container(process)
-        self._docker("kill", "--signal", "KILL", cid)
-        self._docker("start", cid)  # the orchestrator's restart
+        cid = await self.container(process)
+        try:
+            await self._docker("kill", "--signal", "KILL", cid)
+        finally:
+            # the orchestrator's restart (docker's restart policy leaves a killed container down),
+            # also when the nemesis is stopped mid-kill
+            await self._docker("start", cid)
         return cid
 
     async def pause(self, process: str, seconds: float) -> None:
-        cid = self.container(process)
-        self._docker("pause", cid)
+        cid = await self.container(process)
+        paused = False
         try:
+            await self._docker("pause", cid)
+            paused = True
             await asyncio.sleep(seconds)
         finally:
-            self._docker("unpause", cid)
+            # also when stopped during `docker pause` itself, which may have paused it; an unpause
+            # of a container that is not paused fails, and only matters if the pause took
+            try:
+                await self._docker("unpause", cid)
+            except FaultError:
+                if paused:
+                    raise
 
-    def store(self, record) -> None:
+    async def store(self, record) -> bool:
         """Record the fault in the lab's faults table, from inside the checker container."""
         from dataclasses import asdict
-        subprocess.run([*self.compose, "exec", "-T", "checker", "python", "-m", "racelab.nemesis.record",
-                        json.dumps(asdict(record))], capture_output=True, text=True)
+        code, _, _ = await self._run(*self.compose, "exec", "-T", "checker", "python", "-m", "racelab.nemesis.record",
+                                     json.dumps(asdict(record)))
+        return code == 0
 
     async def wait_back(self, process: str, old_pid, timeout_s: float = 90.0) -> float:
-        cid = self.container(process)
+        cid = await self.container(process)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            done = subprocess.run(["docker", "inspect", "--format",
-                                   "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", cid],
-                                  capture_output=True, text=True)
-            status = done.stdout.split()
+            _, out, _ = await self._run("docker", "inspect", "--format",
+                                        "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", cid)
+            status = out.split()
             if status[:1] == ["running"] and status[1:] in ([], ["healthy"]):
                 return time.time()
             await asyncio.sleep(0.2)

@@ -1,0 +1,158 @@
+"""The nemesis's Docker Compose runtime against a stand-in `docker` CLI (no Docker engine on these
+machines): what it runs, in what order, and that it never blocks the event loop or leaves a
+container paused or dead when the nemesis is stopped mid-command. The stand-in logs every call
+with its start and end time; `pause` and `kill` take FAKE_DOCKER_SLOW seconds."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import sys
+import time
+
+import pytest
+
+from racelab.config import Settings
+from racelab.nemesis.record import FaultRecord
+from racelab.nemesis.runtimes import ComposeRuntime, FaultError
+
+FAKE_DOCKER = r'''#!PYTHON
+import json, os, sys, time
+args = sys.argv[1:]
+log = os.environ["FAKE_DOCKER_LOG"]
+started = time.time()
+def done(code=0, out=""):
+    with open(log, "a") as f:
+        f.write(json.dumps({"args": args, "start": started, "end": time.time(), "code": code}) + "\n")
+    sys.stdout.write(out)
+    sys.exit(code)
+if os.environ.get("FAKE_DOCKER_HANG") == args[0]:
+    time.sleep(3600)
+if args[:2] == ["compose", "ps"]:
+    service = args[-1]
+    done(0, "".join(json.dumps({"Name": f"racelab-{service}-{i}", "ID": f"cid-{service}-{i}"}) + "\n"
+                    for i in (1, 2, 3)))
+if args[:2] == ["compose", "exec"]:
+    done(int(os.environ.get("FAKE_DOCKER_EXEC_CODE", "0")))
+if args[0] in ("pause", "kill"):
+    time.sleep(float(os.environ.get("FAKE_DOCKER_SLOW", "0")))
+if args[0] in os.environ.get("FAKE_DOCKER_FAIL", "").split(","):
+    done(1)
+if args[0] == "inspect":
+    done(0, "running healthy\n")
+done(0)
+'''
+
+
+@pytest.fixture
+def docker(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "docker"
+    exe.write_text(FAKE_DOCKER.replace("PYTHON", sys.executable, 1))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "docker.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(log))
+
+    def calls() -> list[dict]:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return calls
+
+
+def changes(calls) -> list[list[str]]:
+    """The calls that change a container, in order (not ps / inspect)."""
+    return [c["args"] for c in calls if c["args"][0] in ("pause", "unpause", "kill", "start")]
+
+
+def test_pause_pauses_the_replica_then_unpauses_it_without_blocking_the_loop(docker, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "0.5")
+    runtime = ComposeRuntime(Settings.from_env())
+    ticks: list[float] = []
+
+    async def ticker():
+        while True:
+            ticks.append(time.time())
+            await asyncio.sleep(0.05)
+
+    async def main():
+        t = asyncio.create_task(ticker())
+        await runtime.pause("pod-locked-2", 0.1)
+        t.cancel()
+    asyncio.run(main())
+    assert changes(docker()) == [["pause", "cid-pod-locked-2"], ["unpause", "cid-pod-locked-2"]]
+    pause = next(c for c in docker() if c["args"][0] == "pause")
+    # the loop ran while `docker pause` did (a blocking call would have stopped the ticker)
+    assert any(pause["start"] < t < pause["end"] for t in ticks)
+
+
+def test_pause_stopped_during_docker_pause_still_unpauses_after_it(docker, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
+    runtime = ComposeRuntime(Settings.from_env())
+
+    async def main():
+        fault = asyncio.create_task(runtime.pause("pod-temporal-1", 30.0))
+        while not any(c["args"][:2] == ["compose", "ps"] for c in docker()):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # `docker pause` under way
+        fault.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fault
+    asyncio.run(main())
+    calls = docker()
+    assert changes(calls) == [["pause", "cid-pod-temporal-1"], ["unpause", "cid-pod-temporal-1"]]
+    pause, unpause = (next(c for c in calls if c["args"][0] == k) for k in ("pause", "unpause"))
+    assert unpause["start"] >= pause["end"]  # not before the pause it undoes
+
+
+def test_kill_stopped_during_docker_kill_still_starts_the_container(docker, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
+    runtime = ComposeRuntime(Settings.from_env())
+
+    async def main():
+        fault = asyncio.create_task(runtime.kill("worker-2"))
+        while not any(c["args"][:2] == ["compose", "ps"] for c in docker()):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        fault.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fault
+    asyncio.run(main())
+    assert changes(docker()) == [["kill", "--signal", "KILL", "cid-worker-2"], ["start", "cid-worker-2"]]
+
+
+def test_an_unpause_that_fails_after_the_pause_took_is_an_error(docker, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_FAIL", "unpause")
+    runtime = ComposeRuntime(Settings.from_env())
+    with pytest.raises(FaultError, match="docker unpause cid-redis-1"):  # the container may be left paused
+        asyncio.run(runtime.pause("redis", 0.0))
+
+
+def test_a_pause_that_failed_is_reported_not_its_unpause(docker, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_FAIL", "pause,unpause")  # as docker does for a container that is not paused
+    runtime = ComposeRuntime(Settings.from_env())
+    with pytest.raises(FaultError, match="docker pause cid-redis-1"):
+        asyncio.run(runtime.pause("redis", 0.0))
+    assert changes(docker()) == [["pause", "cid-redis-1"], ["unpause", "cid-redis-1"]]
+
+
+def test_a_docker_that_does_not_answer_is_an_error_not_a_hang(docker, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_HANG", "compose")
+    runtime = ComposeRuntime(Settings.from_env(), timeout_s=1.0)
+    with pytest.raises(FaultError, match="no answer in 1 s"):
+        asyncio.run(runtime.kill("pod-locked-1"))
+    assert changes(docker()) == []  # nothing done to a container it could not name
+
+
+@pytest.mark.parametrize("code, stored", [(0, True), (1, False)])
+def test_store_runs_the_record_module_in_the_checker_container(docker, monkeypatch, code, stored):
+    monkeypatch.setenv("FAKE_DOCKER_EXEC_CODE", str(code))
+    runtime = ComposeRuntime(Settings.from_env())
+    record = FaultRecord("kill-pod", "pod-locked-1", 1000.0, 1002.5, "run-1")
+    assert asyncio.run(runtime.store(record)) is stored
+    args = next(c["args"] for c in docker() if c["args"][:2] == ["compose", "exec"])
+    assert args[:8] == ["compose", "exec", "-T", "checker", "python", "-m", "racelab.nemesis.record",
+                        args[7]]
+    assert json.loads(args[7]) == {"kind": "kill-pod", "target": "pod-locked-1", "at": 1000.0, "back_at": 1002.5,
+                                   "run_id": "run-1", "error": ""}
