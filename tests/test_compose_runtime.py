@@ -28,6 +28,9 @@ def done(code=0, out=""):
     sys.stdout.write(out)
     sys.exit(code)
 if os.environ.get("FAKE_DOCKER_HANG") == args[0]:
+    if os.environ.get("FAKE_DOCKER_PLUGIN_CHILD"):  # as the CLI runs the compose plugin: same pipes
+        import subprocess
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     time.sleep(3600)
 if args[:2] == ["compose", "ps"]:
     service = args[-1]
@@ -36,6 +39,8 @@ if args[:2] == ["compose", "ps"]:
 if args[:2] == ["compose", "exec"]:
     done(int(os.environ.get("FAKE_DOCKER_EXEC_CODE", "0")))
 if args[0] in ("pause", "kill"):
+    with open(log + ".started", "a") as f:
+        f.write(args[0] + "\n")
     time.sleep(float(os.environ.get("FAKE_DOCKER_SLOW", "0")))
 if args[0] in os.environ.get("FAKE_DOCKER_FAIL", "").split(","):
     done(1)
@@ -58,7 +63,19 @@ def docker(tmp_path, monkeypatch):
 
     def calls() -> list[dict]:
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    calls.started = lambda: (log.parent / (log.name + ".started")).exists()
     return calls
+
+
+async def cancel_during_the_docker_command(docker, fault: asyncio.Task, times: int = 1) -> None:
+    """Cancel the fault (times times, 0.1 s apart) while the stand-in's slow pause or kill runs."""
+    while not docker.started():
+        await asyncio.sleep(0.02)
+    for _ in range(times):
+        fault.cancel()
+        await asyncio.sleep(0.1)
+    with pytest.raises(asyncio.CancelledError):
+        await fault
 
 
 def changes(calls) -> list[list[str]]:
@@ -87,18 +104,14 @@ def test_pause_pauses_the_replica_then_unpauses_it_without_blocking_the_loop(doc
     assert any(pause["start"] < t < pause["end"] for t in ticks)
 
 
-def test_pause_stopped_during_docker_pause_still_unpauses_after_it(docker, monkeypatch):
+@pytest.mark.parametrize("cancels", [1, 3])  # 3: a second SIGTERM, a Ctrl-C after it
+def test_pause_stopped_during_docker_pause_still_unpauses_after_it(docker, monkeypatch, cancels):
     monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
     runtime = ComposeRuntime(Settings.from_env())
 
     async def main():
         fault = asyncio.create_task(runtime.pause("pod-temporal-1", 30.0))
-        while not any(c["args"][:2] == ["compose", "ps"] for c in docker()):
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)  # `docker pause` under way
-        fault.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fault
+        await cancel_during_the_docker_command(docker, fault, cancels)
     asyncio.run(main())
     calls = docker()
     assert changes(calls) == [["pause", "cid-pod-temporal-1"], ["unpause", "cid-pod-temporal-1"]]
@@ -112,14 +125,21 @@ def test_kill_stopped_during_docker_kill_still_starts_the_container(docker, monk
 
     async def main():
         fault = asyncio.create_task(runtime.kill("worker-2"))
-        while not any(c["args"][:2] == ["compose", "ps"] for c in docker()):
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)
-        fault.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fault
+        await cancel_during_the_docker_command(docker, fault)
     asyncio.run(main())
     assert changes(docker()) == [["kill", "--signal", "KILL", "cid-worker-2"], ["start", "cid-worker-2"]]
+
+
+def test_a_failed_undo_while_stopping_is_reported_and_the_stop_goes_on(docker, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
+    monkeypatch.setenv("FAKE_DOCKER_FAIL", "start")
+    runtime = ComposeRuntime(Settings.from_env())
+
+    async def main():
+        fault = asyncio.create_task(runtime.kill("worker-1"))
+        await cancel_during_the_docker_command(docker, fault)  # CancelledError, not the start's FaultError
+    asyncio.run(main())
+    assert "docker start cid-worker-1" in capsys.readouterr().err
 
 
 def test_an_unpause_that_fails_after_the_pause_took_is_an_error(docker, monkeypatch):
@@ -137,12 +157,17 @@ def test_a_pause_that_failed_is_reported_not_its_unpause(docker, monkeypatch):
     assert changes(docker()) == [["pause", "cid-redis-1"], ["unpause", "cid-redis-1"]]
 
 
-def test_a_docker_that_does_not_answer_is_an_error_not_a_hang(docker, monkeypatch):
+@pytest.mark.parametrize("plugin_child", ["", "1"])
+def test_a_docker_that_does_not_answer_is_an_error_not_a_hang(docker, monkeypatch, plugin_child):
     monkeypatch.setenv("FAKE_DOCKER_HANG", "compose")
+    monkeypatch.setenv("FAKE_DOCKER_PLUGIN_CHILD", plugin_child)
     runtime = ComposeRuntime(Settings.from_env(), timeout_s=1.0)
     with pytest.raises(FaultError, match="no answer in 1 s"):
-        asyncio.run(runtime.kill("pod-locked-1"))
+        # (the 20-s cap turns a hang on the pipes the plugin child holds into a failure)
+        asyncio.run(asyncio.wait_for(runtime.kill("pod-locked-1"), 20.0))
     assert changes(docker()) == []  # nothing done to a container it could not name
+    record = FaultRecord("kill-pod", "pod-locked-1", 1000.0, None)
+    assert asyncio.run(asyncio.wait_for(runtime.store(record), 20.0)) is False  # not stored, not raised
 
 
 @pytest.mark.parametrize("code, stored", [(0, True), (1, False)])

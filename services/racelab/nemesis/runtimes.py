@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 
 import aiohttp
@@ -101,30 +102,50 @@ class ComposeRuntime:
         self.compose = compose
         self.timeout_s = timeout_s
 
-    async def _run(self, *argv: str, finish_on_cancel: bool = False) -> tuple[int, str, str]:
+    async def _run(self, *argv: str, finish_on_cancel: bool = False,
+                   result: dict | None = None) -> tuple[int, str, str]:
+        """Run one command; result["code"] gets its exit code also when it was let finish after
+        a cancel. Its own session, so that a kill reaches the compose plugin the docker CLI runs
+        as a child (it holds the same pipes) and the terminal's Ctrl-C does not."""
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.PIPE)
+                                                        stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as exc:  # no docker binary
             raise FaultError(f"{' '.join(argv[:2])}: {exc}") from None
         done = asyncio.ensure_future(proc.communicate())
+        deadline = time.monotonic() + self.timeout_s
+        cancelled = False
         try:
-            out, err = await asyncio.wait_for(asyncio.shield(done), self.timeout_s)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await done
-            raise FaultError(f"{' '.join(argv)}: no answer in {self.timeout_s:.0f} s") from None
-        except asyncio.CancelledError:
-            if finish_on_cancel:  # it may take effect still: let it end before what undoes it
+            while True:
                 try:
-                    await asyncio.wait_for(done, self.timeout_s)
-                except asyncio.TimeoutError:
-                    pass
+                    out, err = await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - time.monotonic()))
+                    break
+                except asyncio.CancelledError:
+                    # it may take effect still: let it end before what undoes it, whatever further
+                    # cancels come (a second SIGTERM, a Ctrl-C after it), up to the deadline
+                    if not finish_on_cancel:
+                        raise
+                    cancelled = True
+        except asyncio.TimeoutError:
+            if not cancelled:
+                raise FaultError(f"{' '.join(argv)}: no answer in {self.timeout_s:.0f} s") from None
+            raise asyncio.CancelledError from None
+        finally:
             if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not done.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), 5.0)  # the pipes close with the group
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    done.cancel()
+        if result is not None:
+            result["code"] = proc.returncode
+        if cancelled:
+            raise asyncio.CancelledError
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def container(self, process: str) -> str:
@@ -142,42 +163,53 @@ class ComposeRuntime:
                 return row["ID"]
         raise FaultError(f"no container {process!r} (service {service}, replica {replica})")
 
-    async def _docker(self, *args: str) -> None:
-        code, _, err = await self._run("docker", *args, finish_on_cancel=True)
+    async def _docker(self, *args: str, result: dict | None = None) -> None:
+        code, _, err = await self._run("docker", *args, finish_on_cancel=True, result=result)
         if code != 0:
             raise FaultError(f"docker {' '.join(args)}: {err.strip()}")
+
+    async def _undo(self, command: str, cid: str, needed: bool) -> None:
+        """Undo a fault on the way out of a failure or a cancel: never replaces what is being
+        raised; a failure is reported when the fault took (needed)."""
+        try:
+            await self._docker(command, cid)
+        except FaultError as exc:
+            if needed:
+                print(f"nemesis: {exc}; the container may be left as the fault left it: docker {command} {cid}",
+                      file=sys.stderr, flush=True)
 
     async def kill(self, process: str) -> str:
         cid = await self.container(process)
         try:
             await self._docker("kill", "--signal", "KILL", cid)
-        finally:
-            # the orchestrator's restart (docker's restart policy leaves a killed container down),
-            # also when the nemesis is stopped mid-kill
-            await self._docker("start", cid)
+        except BaseException:  # stopped mid-kill, or it failed: start it all the same
+            await self._undo("start", cid, needed=True)
+            raise
+        # the orchestrator's restart (docker's restart policy leaves a killed container down)
+        await self._docker("start", cid)
         return cid
 
     async def pause(self, process: str, seconds: float) -> None:
         cid = await self.container(process)
-        paused = False
+        paused: dict = {}
         try:
-            await self._docker("pause", cid)
-            paused = True
+            await self._docker("pause", cid, result=paused)
             await asyncio.sleep(seconds)
-        finally:
-            # also when stopped during `docker pause` itself, which may have paused it; an unpause
-            # of a container that is not paused fails, and only matters if the pause took
-            try:
-                await self._docker("unpause", cid)
-            except FaultError:
-                if paused:
-                    raise
+        except BaseException:
+            # also when stopped during `docker pause` itself, which is let finish: an unpause of
+            # a container that is not paused fails, and only matters if the pause took
+            await self._undo("unpause", cid, needed=paused.get("code") == 0)
+            raise
+        await self._docker("unpause", cid)
 
     async def store(self, record) -> bool:
         """Record the fault in the lab's faults table, from inside the checker container."""
         from dataclasses import asdict
-        code, _, _ = await self._run(*self.compose, "exec", "-T", "checker", "python", "-m", "racelab.nemesis.record",
-                                     json.dumps(asdict(record)))
+        try:
+            code, _, _ = await self._run(*self.compose, "exec", "-T", "checker", "python", "-m",
+                                         "racelab.nemesis.record", json.dumps(asdict(record)))
+        except FaultError:  # no docker, or no answer
+            return False
         return code == 0
 
     async def wait_back(self, process: str, old_pid, timeout_s: float = 90.0) -> float:
