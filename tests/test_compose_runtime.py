@@ -106,7 +106,7 @@ def test_pause_pauses_the_replica_then_unpauses_it_without_blocking_the_loop(doc
 
 @pytest.mark.parametrize("cancels", [1, 3])  # 3: a second SIGTERM, a Ctrl-C after it
 def test_pause_stopped_during_docker_pause_still_unpauses_after_it(docker, monkeypatch, cancels):
-    monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "0.6")
     runtime = ComposeRuntime(Settings.from_env())
 
     async def main():
@@ -120,7 +120,7 @@ def test_pause_stopped_during_docker_pause_still_unpauses_after_it(docker, monke
 
 
 def test_kill_stopped_during_docker_kill_still_starts_the_container(docker, monkeypatch):
-    monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "0.6")
     runtime = ComposeRuntime(Settings.from_env())
 
     async def main():
@@ -131,7 +131,7 @@ def test_kill_stopped_during_docker_kill_still_starts_the_container(docker, monk
 
 
 def test_a_failed_undo_while_stopping_is_reported_and_the_stop_goes_on(docker, monkeypatch, capsys):
-    monkeypatch.setenv("FAKE_DOCKER_SLOW", "1.0")
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "0.6")
     monkeypatch.setenv("FAKE_DOCKER_FAIL", "start")
     runtime = ComposeRuntime(Settings.from_env())
 
