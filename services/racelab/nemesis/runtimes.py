@@ -116,6 +116,8 @@ class ComposeRuntime:
         done = asyncio.ensure_future(proc.communicate())
         deadline = time.monotonic() + self.timeout_s
         cancelled = False
+        task = asyncio.current_task()
+        cancels_before = task.cancelling() if task else 0
         try:
             while True:
                 try:
@@ -144,7 +146,9 @@ class ComposeRuntime:
                     done.cancel()
         if result is not None:
             result["code"] = proc.returncode
-        if cancelled:
+        # (Python 3.11's wait_for returns the result of a future that completed in the same step
+        # as a cancel, and drops the cancel: the task's count of cancel requests still shows it)
+        if cancelled or (task is not None and task.cancelling() > cancels_before):
             raise asyncio.CancelledError
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
