@@ -27,6 +27,12 @@ def done(code=0, out=""):
         f.write(json.dumps({"args": args, "start": started, "end": time.time(), "code": code}) + "\n")
     sys.stdout.write(out)
     sys.exit(code)
+if os.environ.get("FAKE_DOCKER_ORPHAN") == args[0]:  # a child keeps the pipes after the CLI exits
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    with open(log + ".orphan", "w") as f:
+        f.write(str(child.pid))
+    done(0)
 if os.environ.get("FAKE_DOCKER_HANG") == args[0]:
     if os.environ.get("FAKE_DOCKER_PLUGIN_CHILD"):  # as the CLI runs the compose plugin: same pipes
         import subprocess
@@ -38,7 +44,7 @@ if args[:2] == ["compose", "ps"]:
                     for i in (1, 2, 3)))
 if args[:2] == ["compose", "exec"]:
     done(int(os.environ.get("FAKE_DOCKER_EXEC_CODE", "0")))
-if args[0] in ("pause", "kill"):
+if args[0] in os.environ.get("FAKE_DOCKER_SLOW_COMMANDS", "pause,kill").split(","):
     with open(log + ".started", "a") as f:
         f.write(args[0] + "\n")
     time.sleep(float(os.environ.get("FAKE_DOCKER_SLOW", "0")))
@@ -155,6 +161,39 @@ def test_a_pause_that_failed_is_reported_not_its_unpause(docker, monkeypatch):
     with pytest.raises(FaultError, match="docker pause cid-redis-1"):
         asyncio.run(runtime.pause("redis", 0.0))
     assert changes(docker()) == [["pause", "cid-redis-1"], ["unpause", "cid-redis-1"]]
+
+
+def test_an_unpause_that_fails_while_stopping_is_reported(docker, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_DOCKER_SLOW", "0.6")
+    monkeypatch.setenv("FAKE_DOCKER_SLOW_COMMANDS", "unpause")
+    monkeypatch.setenv("FAKE_DOCKER_FAIL", "unpause")
+    runtime = ComposeRuntime(Settings.from_env())
+
+    async def main():
+        fault = asyncio.create_task(runtime.pause("pod-locked-3", 0.0))
+        await cancel_during_the_docker_command(docker, fault)  # during the pause's own unpause
+    asyncio.run(main())
+    assert "docker unpause cid-pod-locked-3 (while stopping): exit 1" in capsys.readouterr().err
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_child_that_keeps_the_pipes_after_docker_exits_is_killed(docker, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_DOCKER_ORPHAN", "compose")
+    runtime = ComposeRuntime(Settings.from_env(), timeout_s=1.0)
+    record = FaultRecord("kill-pod", "pod-locked-1", 1000.0, None)
+    assert asyncio.run(asyncio.wait_for(runtime.store(record), 20.0)) is False  # no end to its output
+    pid = int((tmp_path / "docker.jsonl.orphan").read_text())
+    deadline = time.monotonic() + 5
+    while not process_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(pid)
 
 
 @pytest.mark.parametrize("plugin_child", ["", "1"])

@@ -104,9 +104,10 @@ class ComposeRuntime:
 
     async def _run(self, *argv: str, finish_on_cancel: bool = False,
                    result: dict | None = None) -> tuple[int, str, str]:
-        """Run one command; result["code"] gets its exit code also when it was let finish after
-        a cancel. Its own session, so that a kill reaches the compose plugin the docker CLI runs
-        as a child (it holds the same pipes) and the terminal's Ctrl-C does not."""
+        """Run one command; result gets its exit code ("code": negative if it was killed, None
+        if unknown) and stderr ("err") also when it ends in a cancel. Its own session, so that a
+        kill reaches the compose plugin the docker CLI runs as a child (it holds the same pipes,
+        maybe after the CLI exited) and the terminal's Ctrl-C does not."""
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
@@ -115,9 +116,10 @@ class ComposeRuntime:
             raise FaultError(f"{' '.join(argv[:2])}: {exc}") from None
         done = asyncio.ensure_future(proc.communicate())
         deadline = time.monotonic() + self.timeout_s
-        cancelled = False
         task = asyncio.current_task()
         cancels_before = task.cancelling() if task else 0
+        cancelled = False
+        out = err = b""
         try:
             while True:
                 try:
@@ -132,24 +134,26 @@ class ComposeRuntime:
         except asyncio.TimeoutError:
             if not cancelled:
                 raise FaultError(f"{' '.join(argv)}: no answer in {self.timeout_s:.0f} s") from None
-            raise asyncio.CancelledError from None
+            # (cancelled: raised below, once the command is killed and its exit code noted)
         finally:
-            if proc.returncode is None:
+            if not done.done():  # the command, or a child of its session that holds the pipes
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            if not done.done():
                 try:
                     await asyncio.wait_for(asyncio.shield(done), 5.0)  # the pipes close with the group
-                except (asyncio.TimeoutError, asyncio.CancelledError):
+                except asyncio.TimeoutError:
                     done.cancel()
-        if result is not None:
-            result["code"] = proc.returncode
-        # (Python 3.11's wait_for returns the result of a future that completed in the same step
-        # as a cancel, and drops the cancel: the task's count of cancel requests still shows it)
-        if cancelled or (task is not None and task.cancelling() > cancels_before):
-            raise asyncio.CancelledError
+                except asyncio.CancelledError:
+                    done.cancel()
+                    cancelled = True
+            if result is not None:
+                result["code"], result["err"] = proc.returncode, err.decode(errors="replace")
+            # (Python 3.11's wait_for returns the result of a future that completed in the same
+            # step as a cancel, and drops the cancel: the task's count of cancel requests shows it)
+            if cancelled or (task is not None and task.cancelling() > cancels_before):
+                raise asyncio.CancelledError
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def container(self, process: str) -> str:
@@ -168,7 +172,14 @@ class ComposeRuntime:
         raise FaultError(f"no container {process!r} (service {service}, replica {replica})")
 
     async def _docker(self, *args: str, result: dict | None = None) -> None:
-        code, _, err = await self._run("docker", *args, finish_on_cancel=True, result=result)
+        result = {} if result is None else result
+        try:
+            code, _, err = await self._run("docker", *args, finish_on_cancel=True, result=result)
+        except asyncio.CancelledError:
+            if result.get("code"):  # it failed, or was killed, while the nemesis was stopping
+                print(f"nemesis: docker {' '.join(args)} (while stopping): exit {result['code']} "
+                      f"{result.get('err', '').strip()}", file=sys.stderr, flush=True)
+            raise
         if code != 0:
             raise FaultError(f"docker {' '.join(args)}: {err.strip()}")
 
@@ -202,7 +213,8 @@ class ComposeRuntime:
         except BaseException:
             # also when stopped during `docker pause` itself, which is let finish: an unpause of
             # a container that is not paused fails, and only matters if the pause took
-            await self._undo("unpause", cid, needed=paused.get("code") == 0)
+            # (a negative code: killed at the deadline, whether it paused is not known)
+            await self._undo("unpause", cid, needed=paused.get("code") is not None and paused["code"] <= 0)
             raise
         await self._docker("unpause", cid)
 
