@@ -71,8 +71,9 @@ async def keep(settings: Settings, runtime, record: FaultRecord, log_path, store
     else:
         stored = await store(settings, record, store_timeout_s)
     if not stored:
-        print(f"nemesis: the {record.kind} of {record.target} is in the run's log but not in the lab's faults "
-              "table (PostgreSQL did not take it): the dashboards will not mark it", file=sys.stderr, flush=True)
+        where = f"; it is in {log_path}" if log_path else ""
+        print(f"nemesis: the {record.kind} of {record.target} is not in the lab's faults table (PostgreSQL did not "
+              f"take it{where}): the dashboards will not mark it", file=sys.stderr, flush=True)
 
 
 async def store(settings: Settings, record: FaultRecord, timeout_s: float = 30.0) -> bool:
