@@ -1,7 +1,8 @@
 """The nemesis's Docker Compose runtime against a stand-in `docker` CLI (no Docker engine on these
 machines): what it runs, in what order, and that it never blocks the event loop or leaves a
 container paused or dead when the nemesis is stopped mid-command. The stand-in logs every call
-with its start and end time; `pause` and `kill` take FAKE_DOCKER_SLOW seconds."""
+with its start and end time; `pause` and `kill` take FAKE_DOCKER_SLOW seconds. Last, what a fault
+record the faults table did not take leaves, with either runtime."""
 from __future__ import annotations
 
 import asyncio
@@ -220,3 +221,20 @@ def test_store_runs_the_record_module_in_the_checker_container(docker, monkeypat
                         args[7]]
     assert json.loads(args[7]) == {"kind": "kill-pod", "target": "pod-locked-1", "at": 1000.0, "back_at": 1002.5,
                                    "run_id": "run-1", "error": ""}
+
+
+@pytest.mark.parametrize("runtime_name", ["docker", "native"])
+def test_a_fault_record_the_faults_table_did_not_take_is_reported(docker, monkeypatch, tmp_path, capsys,
+                                                                   runtime_name):
+    from racelab.nemesis.record import keep
+    from racelab.nemesis.runtimes import NativeRuntime
+    monkeypatch.setenv("FAKE_DOCKER_EXEC_CODE", "1")  # docker: the record module in the checker failed
+    monkeypatch.setenv("RACELAB_PG_DSN", "postgresql://racelab@127.0.0.1:1/racelab")  # native: nothing listens
+    settings = Settings.from_env()
+    runtime = ComposeRuntime(settings) if runtime_name == "docker" else NativeRuntime(settings)
+    record = FaultRecord("kill-redis", "redis", 1000.0, 1001.0, "run-1")
+    log = tmp_path / "faults.jsonl"
+    asyncio.run(keep(settings, runtime, record, log, store_timeout_s=0.5))
+    assert json.loads(log.read_text())["target"] == "redis"  # the run's log has it all the same
+    assert f"the kill-redis of redis is not in the lab's faults table (PostgreSQL did not take it; it is in {log})" \
+        in capsys.readouterr().err
