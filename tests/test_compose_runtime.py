@@ -15,6 +15,7 @@ import time
 import pytest
 
 from racelab.config import Settings
+from racelab.lab.native import process_state
 from racelab.nemesis.record import FaultRecord
 from racelab.nemesis.runtimes import ComposeRuntime, FaultError
 
@@ -178,11 +179,7 @@ def test_an_unpause_that_fails_while_stopping_is_reported(docker, monkeypatch, c
 
 
 def process_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+    return process_state(pid) in ("", "Z", "X")  # gone, or dead and not yet reaped
 
 
 def test_a_child_that_keeps_the_pipes_after_docker_exits_is_killed(docker, monkeypatch, tmp_path):
