@@ -38,8 +38,9 @@ from redis.exceptions import LockError
 
 from .. import db, metrics
 from ..protocol import Event
-from ..state import SHARED_AGENT, apply_events, state_agent
+from ..state import apply_events, state_agent
 from . import Variant
+from .behind import BehindTasks
 
 log = logging.getLogger("racelab.locked")
 ASK_CHECK_S = 0.5  # how often a drain that asked looks whether its ask was served (or the lock is free)
@@ -278,30 +279,23 @@ class Locked(Variant):
 
     async def _sweep_forever(self) -> None:
         """Safety net: wake tasks whose events wait behind the cursor for a while (a drain that
-        failed on a database error, a pod that died after its ack). The shared_state knob is not
-        in the event log: a task that has a task-level state row is taken to use it."""
+        failed on a database error, a pod that died after its ack)."""
         interval = self.ctx.settings.sweep_interval_s
+        behind = BehindTasks(self.name)
         while True:
             await asyncio.sleep(interval)
             try:
-                # one pod of the variant sweeps per interval: the query visits every task of the
-                # variant (26 ms with 3,900 tasks), three pods doing it every 2 s added up
+                # one pod of the variant sweeps per interval (three pods each sweeping every 2 s
+                # added up when a sweep visited every task; now only its first and one every
+                # 5 minutes do: BehindTasks)
                 if not await asyncio.wait_for(self.redis.set(f"racelab:sweep:{self.name}", self.ctx.pod_name,
                                                              nx=True, px=int(interval * 900)), interval):
                     continue
             except Exception as exc:  # Redis down or hung: sweep anyway (the drains it wakes wait for Redis)
                 log.warning("sweep turn not taken (%r): sweeping", exc)
             try:
-                rows = await self.ctx.pool.fetch(
-                    """SELECT t.task_id, t.agent_id, COALESCE(sh.agent_id, t.agent_id) AS owner FROM tasks t
-                       LEFT JOIN trackers tr USING (variant, task_id, agent_id)
-                       LEFT JOIN task_states sh ON sh.variant = t.variant AND sh.task_id = t.task_id
-                                                AND sh.agent_id = $3
-                       WHERE t.variant = $1
-                       AND EXISTS (SELECT 1 FROM events e WHERE e.variant = t.variant AND e.task_id = t.task_id
-                                   AND e.agent_id = t.agent_id AND e.seq > COALESCE(tr.last_processed_seq, 0)
-                                   AND e.accepted_at < clock_timestamp() - make_interval(secs => $2))""",
-                    self.name, interval, SHARED_AGENT)
+                async with self.ctx.pool.acquire() as conn:
+                    rows = await behind.due(conn, interval)
             except Exception:
                 log.exception("sweep failed")
                 continue
