@@ -12,7 +12,7 @@ import signal
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import PollerBehaviorAutoscaling, Worker
+from temporalio.worker import Worker
 
 from .. import db, metrics
 from ..config import TASK_QUEUE, Settings
@@ -39,21 +39,19 @@ async def serve(port: int) -> None:
                     activities=[activities.load_state, activities.apply_events, naive.respond],
                     # How long a workflow task waits for the worker that has the workflow cached
                     # before any worker may take it (and replay the whole history to do so): a
-                    # killed worker's workflows move on after this. Temporal's default, 5 s. At 2 s
-                    # the workers of a saturated machine missed it 2-5 times a second under make
-                    # load USERS=100, and the replays that followed (histories of ~600 events)
-                    # made it worse: apply p99 29 s; 0 timeouts at 5 s and 10 s (README, eighth pass).
+                    # killed worker's workflows move on after this. The SDK's default is 10 s; 5 s
+                    # keeps a killed worker's recovery short. The lab had 2 s: under make load
+                    # USERS=100 a saturated machine's workers missed it 2-5 times a second, and
+                    # the replays that followed (histories of ~570 events) made it worse, apply
+                    # p99 29 s; at 5 s and 10 s they missed it less often (README, eighth pass).
+                    # The pollers stay the SDK's fixed ones: scaled by the server's backlog hints
+                    # (PollerBehaviorAutoscaling) they made the dev server fail hundreds of tasks
+                    # per make load run with "context deadline exceeded" (same section).
                     sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
                     # a task's workflow completes when idle (workflow.IDLE_COMPLETE_S), and the
                     # cache (1000 by default) is bounded too: with many busy tasks an evicted
                     # workflow replays its history when its next event comes
-                    max_cached_workflows=MAX_CACHED_WORKFLOWS,
-                    # pollers scaled by the server's backlog hints instead of at most 5 per
-                    # worker, one of them for the shared queue: make load's 100 new workflows at
-                    # once waited in that queue (workflow task schedule-to-start p99 8.9-9.3 s in
-                    # its first 20 s; 2.0-2.9 s scaled, README, eighth pass)
-                    workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
-                    activity_task_poller_behavior=PollerBehaviorAutoscaling())
+                    max_cached_workflows=MAX_CACHED_WORKFLOWS)
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 
