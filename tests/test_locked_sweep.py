@@ -173,6 +173,16 @@ def test_a_sweep_after_a_long_gap_is_a_full_one(scratch_db):
     asyncio.run(run())
 
 
+async def incremental_with_one_task_behind(conn) -> BehindTasks:
+    """A sweeper past its first (full) sweep, with task "a" behind and due."""
+    sweeper = BehindTasks(VARIANT)
+    await add_events(conn, "a", 1, age_s=60)
+    await sweeper.due(conn, 10)
+    await sweeper.due(conn, 10)
+    assert not sweeper.last_was_full and sweeper.behind == {("a", "agent")}
+    return sweeper
+
+
 class FailingFetch:
     """The lab's connection, except that its `fetch` (the sweep's query, inside the sweep's
     transaction, after its snapshot) fails as a dropped connection does."""
@@ -194,12 +204,8 @@ def test_a_failed_sweep_is_followed_by_a_full_one(scratch_db):
     it: the next sweep visits every task, and finds both the task behind before the failure and
     the one that fell behind during it."""
     async def run():
-        sweeper = BehindTasks(VARIANT)
         async with db.connection(scratch_db) as conn:
-            await add_events(conn, "a", 1, age_s=60)
-            await sweeper.due(conn, 10)
-            await sweeper.due(conn, 10)
-            assert not sweeper.last_was_full and sweeper.behind == {("a", "agent")}
+            sweeper = await incremental_with_one_task_behind(conn)
             await add_events(conn, "b", 1, age_s=60)
             with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
                 await sweeper.due(FailingFetch(conn), 10)
@@ -213,12 +219,8 @@ def test_a_restart_of_postgresql_is_followed_by_a_full_sweep(scratch_db):
     """The sweeper notes the server's start time with each snapshot; a different one (the server
     restarted between two sweeps, neither of which failed) makes the next sweep a full one."""
     async def run():
-        sweeper = BehindTasks(VARIANT)
         async with db.connection(scratch_db) as conn:
-            await add_events(conn, "a", 1, age_s=60)
-            await sweeper.due(conn, 10)
-            await sweeper.due(conn, 10)
-            assert not sweeper.last_was_full
+            sweeper = await incremental_with_one_task_behind(conn)
             sweeper._server_started = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)  # as if
             assert [r["task_id"] for r in await sweeper.due(conn, 10)] == ["a"]
             assert sweeper.last_was_full

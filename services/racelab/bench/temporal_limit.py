@@ -4,7 +4,8 @@
    the temporal variant's relay, no PostgreSQL, no outbox): signals per second;
 2. a workflow applying as fast as it can: workflows that each run no-op activities back to back
    (the variant runs one apply activity per batch the same way): activities per second.
-A worker in this process serves a task queue of its own, so the lab's workers are not involved.
+A worker in this process (the SDK's default settings) serves a task queue of its own, so the lab's
+workers are not involved.
 """
 from __future__ import annotations
 

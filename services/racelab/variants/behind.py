@@ -28,9 +28,10 @@ FULL_EVERY_S = 300.0
 FULL_AFTER_GAP_S = 30.0
 
 # A task's first event past its cursor (the lowest seq, and the oldest: a task's events are
-# recorded in seq order under its order lock, each stamped as it is recorded), its owner (the shared state's "*" when the task has a
-# task-level state row: the shared_state knob is not in the event log), and whether that event
-# waited longer than $2 s. $1 variant, $2 age in seconds, $3 the shared state's agent id.
+# recorded in seq order under its order lock, each stamped as it is recorded), its owner (the
+# shared state's "*" when the task has a task-level state row: the shared_state knob is not in
+# the event log), and whether that event waited longer than $2 s. $1 variant, $2 age in
+# seconds, $3 the shared state's agent id.
 _BEHIND = """
 SELECT c.task_id, c.agent_id, COALESCE(sh.agent_id, c.agent_id) AS owner,
        first.accepted_at < clock_timestamp() - make_interval(secs => $2) AS due

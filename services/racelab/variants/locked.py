@@ -286,8 +286,8 @@ class Locked(Variant):
             await asyncio.sleep(interval)
             try:
                 # one pod of the variant sweeps per interval (three pods each sweeping every 2 s
-                # added up when a sweep visited every task; now only its first and one every
-                # 5 minutes do: BehindTasks)
+                # added up when every sweep visited every task; most now check only the tasks
+                # with new events and those behind: BehindTasks)
                 if not await asyncio.wait_for(self.redis.set(f"racelab:sweep:{self.name}", self.ctx.pod_name,
                                                              nx=True, px=int(interval * 900)), interval):
                     continue
