@@ -1,9 +1,10 @@
-"""The locked sweeper's incremental query (racelab.variants.behind) against its full query.
+"""The incremental query of `locked`'s sweeper and `sequential` (racelab.variants.behind) against
+its full query.
 
 On a database of its own in the lab's PostgreSQL: tasks, events and tracker cursors written
 directly. After every change, one sweeper (BehindTasks, incremental after its first sweep) and a
-fresh one (its first sweep visits every task) must find the same tasks behind and the same ones
-due: new tasks, cursors moved, events that age, an event whose transaction is still open across
+fresh one (its first sweep visits every task) must find the same tasks behind, the same ones
+due and the same first event past each cursor (what `sequential` applies next): new tasks, cursors moved, events that age, an event whose transaction is still open across
 a sweep and commits after it, a task-level shared state, and random rounds of all of these.
 Then a `locked` pod's sweeper on the lab's PostgreSQL and Redis applies what no drain was woken
 for. No timing is asserted.
@@ -53,9 +54,23 @@ async def move_cursor(conn, task_id: str, seq: int, agent: str = "agent") -> Non
         VARIANT, task_id, agent, seq)
 
 
-async def sweep(conn, sweeper: BehindTasks, age_s: float) -> tuple[frozenset, set]:
-    rows = await sweeper.due(conn, age_s)
-    return sweeper.behind, {(r["task_id"], r["agent_id"], r["owner"]) for r in rows}
+async def sweep(conn, sweeper: BehindTasks, age_s: float) -> tuple[frozenset, set, set]:
+    """The tasks behind, the due ones with their owner, and each behind task's first event past
+    its cursor (what `sequential` applies next: tests/test_zoo.py runs it)."""
+    rows = await sweeper.sweep(conn, age_s)
+    assert sweeper.behind == {(r["task_id"], r["agent_id"]) for r in rows}
+    return (sweeper.behind, {(r["task_id"], r["agent_id"], r["owner"]) for r in rows if r["due"]},
+            {(r["task_id"], r["agent_id"], r["seq"], r["event_id"]) for r in rows})
+
+
+async def first_events(conn, behind: set) -> set:
+    """Each task's first event past its cursor, read directly."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (e.task_id, e.agent_id) e.task_id, e.agent_id, e.seq, e.event_id
+           FROM events e LEFT JOIN trackers tr USING (variant, task_id, agent_id)
+           WHERE e.variant = $1 AND e.seq > COALESCE(tr.last_processed_seq, 0)
+           ORDER BY e.task_id, e.agent_id, e.seq""", VARIANT)
+    return {(r["task_id"], r["agent_id"], r["seq"], r["event_id"]) for r in rows if (r["task_id"], r["agent_id"]) in behind}
 
 
 async def assert_same(conn, sweeper: BehindTasks, age_s: float, behind: set, due: set,
@@ -66,7 +81,8 @@ async def assert_same(conn, sweeper: BehindTasks, age_s: float, behind: set, due
     full = BehindTasks(VARIANT)
     assert await sweep(conn, full, age_s) == got
     assert full.last_was_full
-    assert got == (frozenset(behind), due)
+    assert got[:2] == (frozenset(behind), due)
+    assert got[2] == await first_events(conn, behind)
 
 
 async def _scenario(dsn: str) -> None:
@@ -134,6 +150,7 @@ async def _scenario(dsn: str) -> None:
             got = await sweep(conn, sweeper, 10)
             assert not sweeper.last_was_full
             assert got == await sweep(conn, BehindTasks(VARIANT), 10)
+            assert got[2] == await first_events(conn, got[0])
         assert sweeper.behind  # the rounds left some tasks behind: the comparison was not of empty sets
 
 

@@ -1,5 +1,5 @@
-"""The tasks whose events wait behind their tracker's cursor: what the `locked` sweeper wakes,
-found without visiting every task at every sweep.
+"""The tasks whose events wait behind their tracker's cursor: what the `locked` sweeper wakes and
+where `sequential` finds its next event, found without visiting every task at every sweep.
 
 Visiting every task of the variant (the full query below) grows with the lab's age: 95 ms of
 PostgreSQL with 33,000 tasks (1M events), every sweep interval (2 s). Instead each sweep, in one
@@ -28,16 +28,17 @@ FULL_EVERY_S = 300.0
 FULL_AFTER_GAP_S = 30.0
 
 # A task's first event past its cursor (the lowest seq, and the oldest: a task's events are
-# recorded in seq order under its order lock, each stamped as it is recorded), its owner (the
+# recorded in seq order under its order lock, each stamped as it is recorded): its seq, id and
+# accepted_at (epoch seconds), whether it waited longer than $2 s, and the task's owner (the
 # shared state's "*" when the task has a task-level state row: the shared_state knob is not in
-# the event log), and whether that event waited longer than $2 s. $1 variant, $2 age in
-# seconds, $3 the shared state's agent id.
+# the event log). $1 variant, $2 age in seconds, $3 the shared state's agent id.
 _BEHIND = """
 SELECT c.task_id, c.agent_id, COALESCE(sh.agent_id, c.agent_id) AS owner,
-       first.accepted_at < clock_timestamp() - make_interval(secs => $2) AS due
+       first.accepted_at < clock_timestamp() - make_interval(secs => $2) AS due,
+       first.seq, first.event_id, extract(epoch FROM first.accepted_at)::float8 AS accepted
 FROM {candidates} c
 LEFT JOIN trackers tr ON tr.variant = $1 AND tr.task_id = c.task_id AND tr.agent_id = c.agent_id
-CROSS JOIN LATERAL (SELECT e.accepted_at FROM events e
+CROSS JOIN LATERAL (SELECT e.seq, e.event_id, e.accepted_at FROM events e
                     WHERE e.variant = $1 AND e.task_id = c.task_id AND e.agent_id = c.agent_id
                       AND e.seq > COALESCE(tr.last_processed_seq, 0)
                     ORDER BY e.seq LIMIT 1) first
@@ -75,7 +76,13 @@ class BehindTasks:
 
     async def due(self, conn, age_s: float) -> list:
         """The tasks with an event past the cursor that waited longer than age_s: rows of
-        (task_id, agent_id, owner). After a failure the next sweep is a full one."""
+        (task_id, agent_id, owner, ...) as sweep() returns them."""
+        return [r for r in await self.sweep(conn, age_s) if r["due"]]
+
+    async def sweep(self, conn, age_s: float) -> list:
+        """Every task behind its cursor: rows of (task_id, agent_id, owner, due, and its first
+        event past the cursor: seq, event_id, accepted). After a failure the next sweep is a full
+        one."""
         now = self._clock()
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -98,4 +105,4 @@ class BehindTasks:
         self.last_was_full = full
         if full:
             self._next_full = now + self.full_every_s
-        return [r for r in rows if r["due"]]
+        return rows
