@@ -4,8 +4,9 @@ its full query.
 On a database of its own in the lab's PostgreSQL: tasks, events and tracker cursors written
 directly. After every change, one sweeper (BehindTasks, incremental after its first sweep) and a
 fresh one (its first sweep visits every task) must find the same tasks behind, the same ones
-due and the same first event past each cursor (what `sequential` applies next): new tasks, cursors moved, events that age, an event whose transaction is still open across
-a sweep and commits after it, a task-level shared state, and random rounds of all of these.
+due and the same first event past each cursor (what `sequential` applies next): new tasks,
+cursors moved, events that age, an event whose transaction is still open across a sweep and
+commits after it, a task-level shared state, and random rounds of all of these.
 Then a `locked` pod's sweeper on the lab's PostgreSQL and Redis applies what no drain was woken
 for. No timing is asserted.
 """
