@@ -12,7 +12,7 @@ import signal
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
+from temporalio.worker import Worker
 
 from .. import db, metrics
 from ..config import TASK_QUEUE, Settings
@@ -24,11 +24,6 @@ from .workflow import TaskWorkflow
 
 MAX_CACHED_WORKFLOWS = 100
 STICKY_TIMEOUT_S = 5.0
-# Workflow task pollers per worker; 1 in 5 polls the shared queue, the rest the worker's sticky
-# queue. A workflow task that finds no sticky poller waiting is written to the dev server's
-# SQLite and read back. With the SDK's 5 pollers, only 28-57 % of sticky tasks found one under
-# make load USERS=100 (5,200-7,200 task writes a run); with 16, 95-98 % (README, ninth pass).
-WORKFLOW_TASK_POLLS = 16
 
 
 async def serve(port: int) -> None:
@@ -49,15 +44,18 @@ async def serve(port: int) -> None:
                     # USERS=100 a saturated machine's workers missed it 2-5 times a second, and
                     # the replays that followed (histories of ~570 events) made it worse, apply
                     # p99 29 s; at 5 s and 10 s they missed it less often (README, eighth pass).
-                    # The pollers stay a fixed number: scaled by the server's backlog hints
+                    # The pollers stay the SDK's fixed ones: scaled by the server's backlog hints
                     # (PollerBehaviorAutoscaling) they made the dev server fail hundreds of tasks
-                    # per make load run with "context deadline exceeded" (same section).
+                    # per make load run with "context deadline exceeded" (same section). 16 of
+                    # them (13 on the sticky queue) had most sticky tasks handed over at once
+                    # instead of through the dev server's SQLite, but with a worker killed under
+                    # make load USERS=100 the other one took on more than it could replay in
+                    # time, and the backlog took longer to clear (README, ninth pass).
                     sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
                     # a task's workflow completes when idle (workflow.IDLE_COMPLETE_S), and the
                     # cache (1000 by default) is bounded too: with many busy tasks an evicted
                     # workflow replays its history when its next event comes
-                    max_cached_workflows=MAX_CACHED_WORKFLOWS,
-                    workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(WORKFLOW_TASK_POLLS))
+                    max_cached_workflows=MAX_CACHED_WORKFLOWS)
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 
