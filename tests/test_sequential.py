@@ -1,9 +1,13 @@
-"""`sequential`'s drain on the lab's PostgreSQL, under a variant name of its own (the lab's pods
-never see these events): the oldest event of any task first, and an event applied once when the
-pod that took it lost its lock session during the model call and another pod applied it."""
+"""`sequential`'s drain on the lab's PostgreSQL, under a variant name and lock of its own (the
+lab's pods never see these events): the oldest event of any task first; and when the pod that
+took an event loses its lock session during the model call and another pod applies the event,
+the first applies it no second time and stops draining."""
 from __future__ import annotations
 
 import asyncio
+
+import asyncpg
+import pytest
 
 from racelab import db
 from racelab.model import Model
@@ -16,6 +20,7 @@ from helpers import new_id
 
 class SequentialUnderTest(Sequential):
     name = "sequential-test"
+    lock_key = LOCK_KEY + 1  # not the lab's `sequential` pods' lock: they neither wait nor get in the way
 
 
 class HeldModel(Model):
@@ -63,6 +68,8 @@ async def test_an_event_whose_holder_lost_its_lock_session_is_applied_once(lab):
     e = event(task, 0)
     settings = lab.settings
     async with await db.create_pool(settings.pg_dsn) as pool, await db.create_pool(settings.pg_dsn) as pool2:
+        # events of an earlier session interrupted before they were applied would go first
+        await pod(settings, pool, Model(1.0, 0.0), "pod-seq-0").drain()
         assert await db.record_event(pool, SequentialUnderTest.name, e) is True
         held = HeldModel()
         first = asyncio.create_task(pod(settings, pool, held, "pod-seq-1").drain())
@@ -70,21 +77,27 @@ async def test_an_event_whose_holder_lost_its_lock_session_is_applied_once(lab):
         # the first pod's lock session dies (its other connections do not)
         holders = await pool2.fetchval(
             """SELECT array_agg(pg_terminate_backend(pid)) FROM pg_locks
-               WHERE locktype = 'advisory' AND granted AND classid = 0 AND objid = $1""", LOCK_KEY)
+               WHERE locktype = 'advisory' AND granted AND classid = 0 AND objid = $1 AND objsubid = 1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+            SequentialUnderTest.lock_key)
         assert holders == [True]
         # the next holder applies the event (the model call is repeated)
         await asyncio.wait_for(pod(settings, pool2, Model(1.0, 0.0), "pod-seq-2").drain(), 30)
         row = await db.read_state(pool2, SequentialUnderTest.name, task, "agent")
         assert row["state"]["history"] == [e.event_id]
-        # then the first pod's call returns: it must find the cursor moved and apply nothing
+        later = event(task, 1)  # an event the first pod, without its lock, must leave alone
+        assert await db.record_event(pool2, SequentialUnderTest.name, later) is True
+        # then the first pod's call returns: it must find the cursor moved, apply nothing, and
+        # stop there (its lock session is gone)
         held.release.set()
-        try:
-            await asyncio.wait_for(first, 30)
-        except Exception:
-            pass  # its unlock on the dead session may fail: the lock died with that session
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await asyncio.wait_for(first, 30)  # its next query on the dead lock session
         row = await db.read_state(pool2, SequentialUnderTest.name, task, "agent")
         assert row["state"]["history"] == [e.event_id]
         assert row["state"]["processing_count"] == 1
-        calls = await pool2.fetchval("SELECT count(*) FROM effects WHERE variant = $1 AND task_id = $2",
-                                     SequentialUnderTest.name, task)
-        assert calls == 2
+        calls = await pool2.fetch("SELECT event_id FROM effects WHERE variant = $1 AND task_id = $2",
+                                  SequentialUnderTest.name, task)
+        assert [r["event_id"] for r in calls] == [e.event_id, e.event_id]  # the repeated model call
+        await pod(settings, pool2, Model(1.0, 0.0), "pod-seq-3").drain()
+        row = await db.read_state(pool2, SequentialUnderTest.name, task, "agent")
+        assert row["state"]["history"] == [e.event_id, later.event_id]
