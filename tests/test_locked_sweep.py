@@ -56,23 +56,24 @@ async def move_cursor(conn, task_id: str, seq: int, agent: str = "agent") -> Non
 
 
 async def sweep(conn, sweeper: BehindTasks, age_s: float) -> tuple[frozenset, set, set]:
-    """The tasks behind, the due ones with their owner, and each behind task's first event past
-    its cursor (what `sequential` applies next: tests/test_zoo.py runs it)."""
+    """The tasks behind, the due ones with their owner, and each behind task's cursor and first
+    event past it (what `sequential` applies next: tests/test_sequential.py runs it)."""
     rows = await sweeper.sweep(conn, age_s)
     assert sweeper.behind == {(r["task_id"], r["agent_id"]) for r in rows}
     return (sweeper.behind, {(r["task_id"], r["agent_id"], r["owner"]) for r in rows if r["due"]},
-            {(r["task_id"], r["agent_id"], r["seq"], r["event_id"], r["accepted"]) for r in rows})
+            {(r["task_id"], r["agent_id"], r["cursor"], r["seq"], r["event_id"], r["accepted"]) for r in rows})
 
 
 async def first_events(conn) -> set:
-    """Each task's first event past its cursor, read directly: every task behind, no other."""
+    """Each task's cursor and first event past it, read directly: every task behind, no other."""
     rows = await conn.fetch(
-        """SELECT DISTINCT ON (e.task_id, e.agent_id) e.task_id, e.agent_id, e.seq, e.event_id,
+        """SELECT DISTINCT ON (e.task_id, e.agent_id) e.task_id, e.agent_id,
+                  COALESCE(tr.last_processed_seq, 0) AS cursor, e.seq, e.event_id,
                   extract(epoch FROM e.accepted_at)::float8 AS accepted
            FROM events e LEFT JOIN trackers tr USING (variant, task_id, agent_id)
            WHERE e.variant = $1 AND e.seq > COALESCE(tr.last_processed_seq, 0)
            ORDER BY e.task_id, e.agent_id, e.seq""", VARIANT)
-    return {(r["task_id"], r["agent_id"], r["seq"], r["event_id"], r["accepted"]) for r in rows}
+    return {(r["task_id"], r["agent_id"], r["cursor"], r["seq"], r["event_id"], r["accepted"]) for r in rows}
 
 
 async def assert_same(conn, sweeper: BehindTasks, age_s: float, behind: set, due: set,

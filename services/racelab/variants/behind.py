@@ -29,13 +29,14 @@ FULL_AFTER_GAP_S = 30.0
 
 # A task's first event past its cursor (the lowest seq, and the oldest: a task's events are
 # recorded in seq order under its order lock, each stamped as it is recorded): its seq, id and
-# accepted_at (epoch seconds), whether it waited longer than $2 s, and the task's owner (the
-# shared state's "*" when the task has a task-level state row: the shared_state knob is not in
-# the event log). $1 variant, $2 age in seconds, $3 the shared state's agent id.
+# accepted_at (epoch seconds), whether it waited longer than $2 s; the cursor; and the task's
+# owner (the shared state's "*" when the task has a task-level state row: the shared_state knob
+# is not in the event log). $1 variant, $2 age in seconds, $3 the shared state's agent id.
 _BEHIND = """
 SELECT c.task_id, c.agent_id, COALESCE(sh.agent_id, c.agent_id) AS owner,
        first.accepted_at < clock_timestamp() - make_interval(secs => $2) AS due,
-       first.seq, first.event_id, extract(epoch FROM first.accepted_at)::float8 AS accepted
+       first.seq, first.event_id, extract(epoch FROM first.accepted_at)::float8 AS accepted,
+       COALESCE(tr.last_processed_seq, 0) AS cursor
 FROM {candidates} c
 LEFT JOIN trackers tr ON tr.variant = $1 AND tr.task_id = c.task_id AND tr.agent_id = c.agent_id
 CROSS JOIN LATERAL (SELECT e.seq, e.event_id, e.accepted_at FROM events e
@@ -80,9 +81,9 @@ class BehindTasks:
         return [r for r in await self.sweep(conn, age_s) if r["due"]]
 
     async def sweep(self, conn, age_s: float) -> list:
-        """Every task behind its cursor: rows of (task_id, agent_id, owner, due, and its first
-        event past the cursor: seq, event_id, accepted). After a failure the next sweep is a full
-        one."""
+        """Every task behind its cursor: rows of (task_id, agent_id, owner, due, cursor, and its
+        first event past the cursor: seq, event_id, accepted). After a failure the next sweep is a
+        full one."""
         now = self._clock()
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):

@@ -6,9 +6,9 @@ unapplied event of any task (one model call, then the state write and the task's
 transaction), then the next, until none is left. Advisory locks die with their connection, so a
 killed pod frees the lock at once and its in-flight event is applied again by the next holder:
 a repeated model call, never a lost or doubled application. A pod whose lock session alone died
-stops after the event in flight, and finds the cursor moved under the tracker's row lock if the
-next holder applied it meanwhile. Throughput is at most one event per model latency, whatever
-the number of pods or tasks."""
+stops after the event in flight, and writes nothing for it if the next holder moved the cursor
+meanwhile. Throughput is at most one event per model latency, whatever the number of pods or
+tasks."""
 from __future__ import annotations
 
 import asyncio
@@ -91,21 +91,19 @@ class Sequential(Variant):
         async with pool.acquire() as conn, conn.transaction():
             # The variant's lock is a session's: if this pod's lock session died during the model
             # call (not the pod: its connection alone), the next holder applied this event too.
-            # The tracker row, locked here, tells: a repeated model call, never a repeated
-            # application.
+            # So the state and the cursor are written only if the cursor is still the one the
+            # sweep saw (commit_batch, as a `locked` holder writes): a repeated model call, never
+            # a repeated application. commit_batch needs the tracker row; a task's first
+            # application makes it.
             await conn.execute("""INSERT INTO trackers (variant, task_id, agent_id) VALUES ($1, $2, $3)
                                   ON CONFLICT DO NOTHING""", self.name, task_id, agent_id)
-            cursor = await conn.fetchval("""SELECT last_processed_seq FROM trackers
-                                            WHERE variant = $1 AND task_id = $2 AND agent_id = $3 FOR UPDATE""",
-                                         self.name, task_id, agent_id)
-            if cursor >= e["seq"]:
-                log.info("%s of task %s was applied by the next holder of the lock; not again",
-                         e["event_id"], task_id)
-                return True
             row = await db.read_state(conn, self.name, task_id, agent_id)
-            await db.write_state(conn, self.name, task_id, agent_id,
-                                 apply_events(row["state"] if row else None, [e["event_id"]]))
-            await db.advance_cursor(conn, self.name, task_id, agent_id, e["seq"], 0, "applied one event")
+            written = await db.commit_batch(conn, self.name, task_id, agent_id, agent_id, 0, e["cursor"], e["seq"],
+                                            apply_events(row["state"] if row else None, [e["event_id"]]),
+                                            "applied one event")
+        if not written:
+            log.info("%s of task %s was applied by the next holder of the lock; not again", e["event_id"], task_id)
+            return True
         metrics.STATE_WRITES.labels(self.name).inc()
         metrics.APPLY_SECONDS.labels(self.name).observe(time.time() - e["accepted"])
         metrics.HANDLER_SECONDS.labels(self.name).observe(time.perf_counter() - started)
