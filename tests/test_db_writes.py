@@ -6,6 +6,9 @@ lab's): what each refuses is what keeps the guarded variants exact.
   temporal variant writes in the same statement on every delivery;
 - commit_batch (locked): a stale fence or a moved cursor writes nothing, state nor cursor;
 - write_state (unguarded and the zoo): last writer wins, concurrent writers of a row in turn;
+- StateWrites, StateReads (unguarded's pods): a pod's concurrent writes of a row in one round
+  trip as their sequence (the last wins, the version moves once per write), its concurrent
+  reads of a row answered by one read made after each caller asked;
 - EffectWriter (the pods' group commit of effect rows): concurrent model calls' rows in one
   round trip, each caller on after its rows are durable; PostgreSQL gone fails them, then it goes on;
 - write_state_if_version (temporal's activity): a moved version writes nothing;
@@ -262,6 +265,104 @@ async def _effects(dsn: str) -> None:
         writer._queued[None] = ([], cancelled)
         await asyncio.wait_for(writer.record(VARIANT, task, AGENT, str(uuid.uuid4()), ["z"]), 5)
         await writer.close()
+
+
+def test_a_pods_concurrent_writes_of_a_state_row_go_as_their_sequence(scratch_db):
+    asyncio.run(_state_writes(scratch_db))
+
+
+async def _state_writes(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        writes = db.StateWrites(pool)
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        round_trips = 0
+        write = writes._write
+
+        async def counted(key, states):
+            nonlocal round_trips
+            round_trips += 1
+            return await write(key, states)
+        writes._write = counted
+        # 30 handlers of a burst write at once: one round trip that stands for all 30, the last
+        # one handed in wins, and the version moved once per write (as 30 back-to-back writes)
+        await asyncio.gather(*(writes.write(VARIANT, task, AGENT, apply_events(None, [f"e{i}"])) for i in range(30)))
+        assert round_trips == 1
+        row = await db.read_state(pool, VARIANT, task, AGENT)
+        assert (row["state"]["history"], row["version"]) == (["e29"], 30)
+        # writes handed in while one is in flight go in the next round trip, in their order
+        first = asyncio.create_task(writes.write(VARIANT, task, AGENT, apply_events(None, ["a"])))
+        await asyncio.sleep(0)  # its round trip has begun
+        later = [writes.write(VARIANT, task, AGENT, apply_events(None, [x])) for x in "bcd"]
+        await asyncio.gather(first, *later)
+        assert round_trips == 3
+        row = await db.read_state(pool, VARIANT, task, AGENT)
+        assert (row["state"]["history"], row["version"]) == (["d"], 34)
+        # another row is another queue
+        other = task + "-other"
+        await asyncio.gather(writes.write(VARIANT, task, AGENT, apply_events(None, ["t"])),
+                             writes.write(VARIANT, other, AGENT, apply_events(None, ["o"])))
+        assert (await db.read_state(pool, VARIANT, other, AGENT))["state"]["history"] == ["o"]
+        assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["t"]
+        # a state PostgreSQL refuses fails that write alone; the others are written in their order
+        got = await asyncio.gather(writes.write(VARIANT, task, AGENT, apply_events(None, ["f"])),
+                                   writes.write(VARIANT, task, AGENT, apply_events(None, ["nul \u0000"])),
+                                   return_exceptions=True)
+        assert got[0] is None and isinstance(got[1], db.DATA_ERRORS)
+        row = await db.read_state(pool, VARIANT, task, AGENT)
+        assert (row["state"]["history"], row["version"]) == (["f"], 36)
+        # PostgreSQL gone: every write of the round trip fails, the next ones are written
+        writes._write = failing_once(write)
+        got = await asyncio.gather(*(writes.write(VARIANT, task, AGENT, apply_events(None, [x])) for x in "xy"),
+                                   return_exceptions=True)
+        assert all(isinstance(g, ConnectionResetError) for g in got)
+        await writes.write(VARIANT, task, AGENT, apply_events(None, ["z"]))
+        row = await db.read_state(pool, VARIANT, task, AGENT)
+        assert (row["state"]["history"], row["version"]) == (["z"], 37)
+        await writes.close()
+
+
+def test_a_pods_concurrent_reads_of_a_state_row_share_a_read_made_after_each_asked(scratch_db):
+    asyncio.run(_state_reads(scratch_db))
+
+
+async def _state_reads(dsn: str) -> None:
+    async with await db.create_pool(dsn) as pool:
+        reads = db.StateReads(pool)
+        task = f"t-{uuid.uuid4().hex[:8]}"
+        assert await reads.read(VARIANT, task, AGENT) is None
+        await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["a"]))
+        round_trips = 0
+        answered = asyncio.Event()
+        read = reads._write
+
+        async def slow_answer(key, items):
+            """A read whose answer is slow to come back: its snapshot is taken, the reply waits."""
+            nonlocal round_trips
+            round_trips += 1
+            rows = await read(key, items)
+            if round_trips == 1:
+                await answered.wait()
+            return rows
+        reads._write = slow_answer
+        first = [asyncio.create_task(reads.read(VARIANT, task, AGENT)) for _ in range(5)]
+        while round_trips == 0:
+            await asyncio.sleep(0.01)
+        # a write commits while that read is in flight; a read asked after the commit must see it,
+        # so it is not answered by the read in flight but by the next one
+        await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["b"]))
+        second = [asyncio.create_task(reads.read(VARIANT, task, AGENT)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in second)
+        answered.set()
+        assert [r["state"]["history"] for r in await asyncio.gather(*first)] == [["a"]] * 5
+        assert [r["state"]["history"] for r in await asyncio.gather(*second)] == [["b"]] * 5
+        assert round_trips == 2  # five callers each
+        # PostgreSQL gone: the read's callers fail, the next read answers
+        reads._write = failing_once(read)
+        got = await asyncio.gather(*(reads.read(VARIANT, task, AGENT) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(g, ConnectionResetError) for g in got)
+        assert (await reads.read(VARIANT, task, AGENT))["state"]["history"] == ["b"]
+        await reads.close()
 
 
 def test_write_state_if_version(scratch_db):

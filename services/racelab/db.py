@@ -454,6 +454,40 @@ class EffectWriter(GroupCommit):
         return [None] * len(calls)
 
 
+class StateReads(GroupCommit):
+    """Reads of a state row, per row: the reads of a row asked for while a read of it is in
+    flight are all answered by the next one. Each caller gets a row read after it asked (the
+    next read starts once every caller in it has asked), so no read is staler than a read of
+    its own would be. Read-your-writes holds the same way: a handler's read after its own write
+    returned is asked after that write committed."""
+    RETRY_ONE_BY_ONE = ()  # the items are the same read: an error is every caller's
+    UNSURE = "the state was not read"
+
+    async def read(self, variant: str, task_id: str, agent_id: str) -> asyncpg.Record | None:
+        return await self._submit((variant, task_id, agent_id), None)
+
+    async def _write(self, key: tuple[str, str, str], items: list) -> list:
+        return [await read_state(self.pool, *key)] * len(items)
+
+
+class StateWrites(GroupCommit):
+    """Whole-state writes of a row, per row, last writer wins: the writes of a row handed in
+    while a write of it is in flight go in the next round trip as their sequence (in the order
+    they came), which is the last of them with the row's version moved once per write. Every
+    caller in it was waiting at once, so the writes are concurrent: a read could not tell them
+    from that sequence committed back to back. A burst's handlers return from their model calls
+    at about the same time; without it each write was a round trip, a commit and a turn on the
+    row's lock (state_write_turn)."""
+    UNSURE = "the state may not be written"
+
+    async def write(self, variant: str, task_id: str, agent_id: str, state: dict) -> None:
+        await self._submit((variant, task_id, agent_id), state)
+
+    async def _write(self, key: tuple[str, str, str], states: list) -> list:
+        await write_state(self.pool, *key, states[-1], writes=len(states))
+        return [None] * len(states)
+
+
 async def create_task(pool: asyncpg.Pool, variant: str, ref: TaskRef) -> str:
     """task/create: the task row and an empty state, as an agent's on_task_create would."""
     async with pool.acquire() as conn, conn.transaction():
@@ -486,15 +520,16 @@ async def read_state(conn, variant: str, task_id: str, agent_id: str) -> asyncpg
            WHERE variant = $1 AND task_id = $2 AND agent_id = $3""", variant, task_id, agent_id)
 
 
-async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict) -> None:
+async def write_state(conn, variant: str, task_id: str, agent_id: str, state: dict, writes: int = 1) -> None:
     """Write the whole state back: last writer wins, as Agentex's PUT /states/{id} does (writers
-    of one row take turns: state_write_turn)."""
+    of one row take turns: state_write_turn). writes: how many writes this one stands for (the
+    last of a sequence, StateWrites): the version moves by that many."""
     await conn.execute(
         """WITH turn AS MATERIALIZED (SELECT state_write_turn($1, $2, $3))
-           INSERT INTO task_states (variant, task_id, agent_id, state, version) SELECT $1, $2, $3, $4, 1 FROM turn
+           INSERT INTO task_states (variant, task_id, agent_id, state, version) SELECT $1, $2, $3, $4, $5 FROM turn
            ON CONFLICT (variant, task_id, agent_id) DO UPDATE
-           SET state = EXCLUDED.state, version = task_states.version + 1, updated_at = clock_timestamp()""",
-        variant, task_id, agent_id, state)
+           SET state = EXCLUDED.state, version = task_states.version + $5, updated_at = clock_timestamp()""",
+        variant, task_id, agent_id, state, writes)
 
 
 async def write_state_if_version(conn, variant: str, task_id: str, agent_id: str, state: dict,

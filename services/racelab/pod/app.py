@@ -216,6 +216,7 @@ def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Applic
     async def lifecycle(app: web.Application):
         pool = await db.create_pool(settings.pg_dsn)
         ctx = PodContext(settings=settings, pool=pool, pod_name=pod_name, recorder=db.EventRecorder(pool),
+                         state_reads=db.StateReads(pool), state_writes=db.StateWrites(pool),
                          model=Model(settings.model_latency_ms, settings.model_jitter_ms,
                                      effects=db.EffectWriter(pool)))
         variant = load_variant(variant_name, ctx)
@@ -225,6 +226,8 @@ def make_app(variant_name: str, settings: Settings, pod_name: str) -> web.Applic
         yield
         await variant.stop()
         await ctx.recorder.close()
+        await ctx.state_reads.close()
+        await ctx.state_writes.close()
         await ctx.model.effects.close()
         await pool.close()
 

@@ -25,6 +25,8 @@ class PodContext:
     model: Model
     pod_name: str
     recorder: Any = None  # db.EventRecorder: how the pod records events without a handoff
+    state_reads: Any = None   # db.StateReads: a pod's concurrent reads of one state row, grouped
+    state_writes: Any = None  # db.StateWrites: a pod's concurrent whole-state writes of one row, grouped
 
 
 class Variant:
