@@ -7,8 +7,9 @@ lab's): what each refuses is what keeps the guarded variants exact.
 - commit_batch (locked): a stale fence or a moved cursor writes nothing, state nor cursor;
 - write_state (unguarded and the zoo): last writer wins, concurrent writers of a row in turn;
 - StateWrites, StateReads (unguarded's pods): a pod's concurrent writes of a row in one round
-  trip as their sequence (the last wins, the version moves once per write), its concurrent
-  reads of a row answered by one read made after each caller asked;
+  trip as their sequence (the last wins, the version moves once per write; only the state
+  written can be refused), its concurrent reads of a row answered by one read made after each
+  caller asked;
 - EffectWriter (the pods' group commit of effect rows): concurrent model calls' rows in one
   round trip, each caller on after its rows are durable; PostgreSQL gone fails them, then it goes on;
 - write_state_if_version (temporal's activity): a moved version writes nothing;
@@ -291,7 +292,8 @@ async def _state_writes(dsn: str) -> None:
         assert (row["state"]["history"], row["version"]) == (["e29"], 30)
         # writes handed in while one is in flight go in the next round trip, in their order
         first = asyncio.create_task(writes.write(VARIANT, task, AGENT, apply_events(None, ["a"])))
-        await asyncio.sleep(0)  # its round trip has begun
+        while round_trips == 1:  # until its round trip has begun
+            await asyncio.sleep(0)
         later = [writes.write(VARIANT, task, AGENT, apply_events(None, [x])) for x in "bcd"]
         await asyncio.gather(first, *later)
         assert round_trips == 3
@@ -303,7 +305,8 @@ async def _state_writes(dsn: str) -> None:
                              writes.write(VARIANT, other, AGENT, apply_events(None, ["o"])))
         assert (await db.read_state(pool, VARIANT, other, AGENT))["state"]["history"] == ["o"]
         assert (await db.read_state(pool, VARIANT, task, AGENT))["state"]["history"] == ["t"]
-        # a state PostgreSQL refuses fails that write alone; the others are written in their order
+        # the state written (the last) refused by PostgreSQL: each is written on its own, in order,
+        # and that one alone fails
         got = await asyncio.gather(writes.write(VARIANT, task, AGENT, apply_events(None, ["f"])),
                                    writes.write(VARIANT, task, AGENT, apply_events(None, ["nul \u0000"])),
                                    return_exceptions=True)
@@ -332,27 +335,26 @@ async def _state_reads(dsn: str) -> None:
         assert await reads.read(VARIANT, task, AGENT) is None
         await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["a"]))
         round_trips = 0
-        answered = asyncio.Event()
+        taken, answered = asyncio.Event(), asyncio.Event()
         read = reads._write
 
         async def slow_answer(key, items):
-            """A read whose answer is slow to come back: its snapshot is taken, the reply waits."""
+            """A read whose answer is slow to come back: its row is read, the reply waits."""
             nonlocal round_trips
             round_trips += 1
             rows = await read(key, items)
             if round_trips == 1:
+                taken.set()
                 await answered.wait()
             return rows
         reads._write = slow_answer
         first = [asyncio.create_task(reads.read(VARIANT, task, AGENT)) for _ in range(5)]
-        while round_trips == 0:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(taken.wait(), 5)
         # a write commits while that read is in flight; a read asked after the commit must see it,
         # so it is not answered by the read in flight but by the next one
         await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["b"]))
         second = [asyncio.create_task(reads.read(VARIANT, task, AGENT)) for _ in range(5)]
         await asyncio.sleep(0.05)
-        assert not any(t.done() for t in second)
         answered.set()
         assert [r["state"]["history"] for r in await asyncio.gather(*first)] == [["a"]] * 5
         assert [r["state"]["history"] for r in await asyncio.gather(*second)] == [["b"]] * 5

@@ -459,7 +459,8 @@ class StateReads(GroupCommit):
     flight are all answered by the next one. Each caller gets a row read after it asked (the
     next read starts once every caller in it has asked), so no read is staler than a read of
     its own would be. Read-your-writes holds the same way: a handler's read after its own write
-    returned is asked after that write committed."""
+    returned is asked after that write committed. The callers share one row (its state dict):
+    they must not change it in place (state.apply_events copies it)."""
     RETRY_ONE_BY_ONE = ()  # the items are the same read: an error is every caller's
     UNSURE = "the state was not read"
 
@@ -475,9 +476,10 @@ class StateWrites(GroupCommit):
     while a write of it is in flight go in the next round trip as their sequence (in the order
     they came), which is the last of them with the row's version moved once per write. Every
     caller in it was waiting at once, so the writes are concurrent: a read could not tell them
-    from that sequence committed back to back. A burst's handlers return from their model calls
-    at about the same time; without it each write was a round trip, a commit and a turn on the
-    row's lock (state_write_turn)."""
+    from that sequence committed back to back. Only the state written (the last) is sent, so
+    only it can be refused: then each is written on its own, in order, and that one alone fails.
+    A burst's handlers return from their model calls at about the same time; without it each
+    write was a round trip, a commit and a turn on the row's lock (state_write_turn)."""
     UNSURE = "the state may not be written"
 
     async def write(self, variant: str, task_id: str, agent_id: str, state: dict) -> None:
