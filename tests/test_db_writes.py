@@ -292,8 +292,10 @@ async def _state_writes(dsn: str) -> None:
         assert (row["state"]["history"], row["version"]) == (["e29"], 30)
         # writes handed in while one is in flight go in the next round trip, in their order
         first = asyncio.create_task(writes.write(VARIANT, task, AGENT, apply_events(None, ["a"])))
-        while round_trips == 1:  # until its round trip has begun
-            await asyncio.sleep(0)
+        async def begun() -> None:
+            while round_trips == 1:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(begun(), 5)  # its round trip has begun
         later = [writes.write(VARIANT, task, AGENT, apply_events(None, [x])) for x in "bcd"]
         await asyncio.gather(first, *later)
         assert round_trips == 3
@@ -354,7 +356,7 @@ async def _state_reads(dsn: str) -> None:
         # so it is not answered by the read in flight but by the next one
         await db.write_state(pool, VARIANT, task, AGENT, apply_events(None, ["b"]))
         second = [asyncio.create_task(reads.read(VARIANT, task, AGENT)) for _ in range(5)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # they ask while the first read is in flight
         answered.set()
         assert [r["state"]["history"] for r in await asyncio.gather(*first)] == [["a"]] * 5
         assert [r["state"]["history"] for r in await asyncio.gather(*second)] == [["b"]] * 5

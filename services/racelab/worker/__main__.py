@@ -51,7 +51,7 @@ async def serve(port: int) -> None:
                     # instead of through the dev server's SQLite, but with a worker killed under
                     # make load USERS=100 the other one took on more than it could replay in
                     # time, and the backlog took longer to clear (README, ninth pass); and on a
-                    # slower machine the dev server then failed hundreds of tasks with "context
+                    # slower machine the dev server then failed hundreds of requests with "context
                     # deadline exceeded", apply p99 14-40 s against 5-6 s (tenth pass).
                     sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
                     # a task's workflow completes when idle (workflow.IDLE_COMPLETE_S), and the
