@@ -48,6 +48,19 @@ def failing_once(round_trip):
     return flaky
 
 
+class RoundTrips:
+    """Counts a group commit's round trips (calls of its _write); `write` is the real one."""
+
+    def __init__(self, group: db.GroupCommit):
+        self.count = 0
+        self.write = group._write
+
+        async def counted(key, items):
+            self.count += 1
+            return await self.write(key, items)
+        group._write = counted
+
+
 def test_record_event_in_one_statement(scratch_db):
     asyncio.run(_record(scratch_db))
 
@@ -229,17 +242,10 @@ async def _effects(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
         writer = db.EffectWriter(pool)
         task = f"t-{uuid.uuid4().hex[:8]}"
-        inserts = 0
-        insert = writer._write
-
-        async def counted(key, calls):
-            nonlocal inserts
-            inserts += 1
-            return await insert(key, calls)
-        writer._write = counted
+        inserts = RoundTrips(writer)
         calls = [(str(uuid.uuid4()), [f"e{i}", f"e{i}b"] if i % 2 else [f"e{i}"]) for i in range(30)]
         await asyncio.gather(*(writer.record(VARIANT, task, AGENT, call_id, ids) for call_id, ids in calls))
-        assert inserts == 1  # all 30 were queued before the first round trip began
+        assert inserts.count == 1  # all 30 were queued before the first round trip began
         rows = await pool.fetch("SELECT call_id::text, event_id FROM effects WHERE task_id = $1 ORDER BY id", task)
         assert [(r["call_id"], r["event_id"]) for r in rows] == [(c, e) for c, ids in calls for e in ids]
         # a value PostgreSQL refuses fails that call alone
@@ -251,7 +257,7 @@ async def _effects(dsn: str) -> None:
         assert await pool.fetchval("SELECT count(*) FROM effects WHERE call_id = $1::uuid", good) == 1
         # PostgreSQL gone: every call of the round trip fails (the model call happened, its caller
         # learns its rows are not on record); the next calls are written
-        writer._write = failing_once(insert)
+        writer._write = failing_once(inserts.write)
         lost = [str(uuid.uuid4()) for _ in range(3)]
         got = await asyncio.gather(*(writer.record(VARIANT, task, AGENT, c, ["x"]) for c in lost), return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in got)
@@ -276,29 +282,22 @@ async def _state_writes(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
         writes = db.StateWrites(pool)
         task = f"t-{uuid.uuid4().hex[:8]}"
-        round_trips = 0
-        write = writes._write
-
-        async def counted(key, states):
-            nonlocal round_trips
-            round_trips += 1
-            return await write(key, states)
-        writes._write = counted
+        round_trips = RoundTrips(writes)
         # 30 handlers of a burst write at once: one round trip that stands for all 30, the last
         # one handed in wins, and the version moved once per write (as 30 back-to-back writes)
         await asyncio.gather(*(writes.write(VARIANT, task, AGENT, apply_events(None, [f"e{i}"])) for i in range(30)))
-        assert round_trips == 1
+        assert round_trips.count == 1
         row = await db.read_state(pool, VARIANT, task, AGENT)
         assert (row["state"]["history"], row["version"]) == (["e29"], 30)
         # writes handed in while one is in flight go in the next round trip, in their order
         first = asyncio.create_task(writes.write(VARIANT, task, AGENT, apply_events(None, ["a"])))
         async def begun() -> None:
-            while round_trips == 1:
+            while round_trips.count == 1:
                 await asyncio.sleep(0)
         await asyncio.wait_for(begun(), 5)  # its round trip has begun
         later = [writes.write(VARIANT, task, AGENT, apply_events(None, [x])) for x in "bcd"]
         await asyncio.gather(first, *later)
-        assert round_trips == 3
+        assert round_trips.count == 3
         row = await db.read_state(pool, VARIANT, task, AGENT)
         assert (row["state"]["history"], row["version"]) == (["d"], 34)
         # another row is another queue
@@ -316,7 +315,7 @@ async def _state_writes(dsn: str) -> None:
         row = await db.read_state(pool, VARIANT, task, AGENT)
         assert (row["state"]["history"], row["version"]) == (["f"], 36)
         # PostgreSQL gone: every write of the round trip fails, the next ones are written
-        writes._write = failing_once(write)
+        writes._write = failing_once(round_trips.write)
         got = await asyncio.gather(*(writes.write(VARIANT, task, AGENT, apply_events(None, [x])) for x in "xy"),
                                    return_exceptions=True)
         assert all(isinstance(g, ConnectionResetError) for g in got)
@@ -445,25 +444,18 @@ def test_the_recorder_takes_a_tasks_concurrent_events_in_one_round_trip(scratch_
 async def _group_commit(dsn: str) -> None:
     async with await db.create_pool(dsn) as pool:
         recorder = db.EventRecorder(pool)
-        calls = 0
-        record = recorder._write
-
-        async def counted(key, batch):
-            nonlocal calls
-            calls += 1
-            return await record(key, batch)
-        recorder._write = counted
+        calls = RoundTrips(recorder)
         task, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
         events = [event(task) for _ in range(30)]
         seqs = await asyncio.gather(*(recorder.record(VARIANT, e) for e in events))  # a new event's seq each
-        assert calls == 1
+        assert calls.count == 1
         rows = await pool.fetch("SELECT event_id, seq FROM events WHERE task_id = $1 ORDER BY seq", task)
         assert [r["event_id"] for r in rows] == [e.event_id for e in events]  # seq in arrival order
         assert seqs == [r["seq"] for r in rows]
         # another task's events go in a round trip of their own; a lone event goes at once
         got = await asyncio.gather(recorder.record(VARIANT, event(other)), recorder.record(VARIANT, events[0]))
         assert got[0] > seqs[-1] and got[1] is None  # new, and a re-send
-        assert calls == 3
+        assert calls.count == 3
         # one batch, an outcome each: a re-send, an id of another task, the same id twice, an
         # outbox row; a value PostgreSQL refuses fails that event alone
         twice = event(task)
