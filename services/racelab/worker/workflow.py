@@ -24,6 +24,14 @@ from ..state import SHARED_AGENT
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, WORKFLOW_NAME
 
 BATCH_LIMIT = 50
+# A run continues as new once its history reaches a length drawn in this range (per run, so that
+# runs started together do not all continue at once). A worker that takes over a workflow it does
+# not have cached (its worker was killed) replays the run's whole history first; under make load
+# USERS=100 a busy task's run had 300-450 events two minutes in, and the replays of a killed
+# worker's workflows, all at once on a saturated machine, took over 5 s each (FAULTS=kill-worker:1@120s,
+# 2026-11-26: recovery 18.4 s uncapped, 8.1 s with a cap of 250). Temporal itself suggests
+# continuing only at thousands of events.
+HISTORY_CAP = (200, 320)
 # A workflow with nothing to do for this long completes, and so leaves the workers' cache: a
 # task's next event starts a new run (the relay's signal-with-start), which loads the state and
 # its applied ids back. Without it, every task ever sent to stays cached (up to the cache's size)
@@ -87,6 +95,8 @@ class TaskWorkflow:
         for event in params.get("pending", []) + received_early:
             self.receive_event(event)
         can_after = int(params.get("continue_as_new_after") or 0)
+        # runs started before the cap replay without it
+        history_cap = workflow.random().randint(*HISTORY_CAP) if workflow.patched("history-cap") else 0
         applied_this_run = 0
         while True:
             if self._watching:
@@ -131,7 +141,9 @@ class TaskWorkflow:
             applied_this_run += len(batch)
             # (a batch that ran for idle_s or more may have been taken for idle: it was not)
             self._busy_at, self._idle = workflow.time(), False
-            if workflow.info().is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after):
+            info = workflow.info()
+            if (info.is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after)
+                    or (history_cap and info.get_current_history_length() >= history_cap)):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new({**params, "pending": self._pending, "runs": runs})
 
