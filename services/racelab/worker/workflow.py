@@ -27,10 +27,10 @@ BATCH_LIMIT = 50
 # A run continues as new once its history reaches a length drawn in this range (per run, so that
 # runs started together do not all continue at once). A worker that takes over a workflow it does
 # not have cached (its worker was killed) replays the run's whole history first; under make load
-# USERS=100 a busy task's run had 300-450 events two minutes in, and the replays of a killed
-# worker's workflows, all at once on a saturated machine, took over 5 s each (FAULTS=kill-worker:1@120s,
-# 2026-11-26: recovery 18.4 s uncapped, 8.1 s with a cap of 250). Temporal itself suggests
-# continuing only at thousands of events.
+# USERS=100 a busy task's run had 277-451 events two minutes in, and the replays of a killed
+# worker's workflows, all at once on a saturated machine, made workflow tasks of over 5 s
+# (FAULTS=kill-worker:1@120s, 2026-11-26: recovery 18.4 s uncapped; 8.2 and 11.2 s with these
+# caps). Temporal itself suggests continuing only at thousands of events.
 HISTORY_CAP = (200, 320)
 # A workflow with nothing to do for this long completes, and so leaves the workers' cache: a
 # task's next event starts a new run (the relay's signal-with-start), which loads the state and
@@ -49,7 +49,7 @@ ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=120), heartbeat
 
 # Not sandboxed: the sandbox re-imports and proxies modules on every activation, and under
 # `make load USERS=100` the workers' activations competed for the same 2 cores as everything else.
-# The code is deterministic without it: no I/O, no clock, no randomness; only workflow.* APIs and
+# The code is deterministic without it: no I/O, no clock, no randomness but workflow.random(); only workflow.* APIs and
 # plain data (replay tests run it against real histories: tests/test_temporal_idle.py, and one
 # of the previous version: tests/test_temporal_replay.py).
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
@@ -77,6 +77,8 @@ class TaskWorkflow:
         # Runs started before the idle watch replay as they ran (a timer per wait in their history).
         self._watching = workflow.patched("idle-watch")
         task = {k: params[k] for k in ("variant", "task_id", "agent_id")}
+        # a cancel received by an earlier run of this workflow (continued as new since)
+        self._cancelled = self._cancelled or bool(params.get("cancelled"))
         idle_s = params.get("idle_complete_s") or IDLE_COMPLETE_S
         if self._watching:
             self._busy_at = workflow.time()
@@ -145,7 +147,8 @@ class TaskWorkflow:
             if (info.is_continue_as_new_suggested() or (can_after and applied_this_run >= can_after)
                     or (history_cap and info.get_current_history_length() >= history_cap)):
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new({**params, "pending": self._pending, "runs": runs})
+                workflow.continue_as_new({**params, "pending": self._pending, "runs": runs,
+                                          "cancelled": self._cancelled})
 
     async def _watch_idle(self, idle_s: float) -> None:
         """Flag the run idle once no batch started or ended for idle_s. One timer per idle_s: a
