@@ -1,9 +1,10 @@
 """The task workflow replays histories recorded by its previous versions, so runs started before
 an upgrade of the workers keep running after it: a timer started and cancelled for every wait
 (tests/fixtures/task_workflow_timer_per_wait.json, a 50-event soak task recorded on 2026-11-26,
-before the idle watch), and a run past the history cap's upper end (task_workflow_before_history_cap.json,
-36 events sent one at a time, recorded on 2026-11-26 by the code before the cap). No lab needed:
-the Replayer runs the workflow code against the stored history."""
+before the idle watch), and a run past the history cap's upper end
+(tests/fixtures/task_workflow_before_history_cap.json, 36 events sent one at a time, recorded on
+2026-11-26 by the code before the cap). No lab needed: the Replayer runs the workflow code
+against the stored history."""
 import asyncio
 from pathlib import Path
 

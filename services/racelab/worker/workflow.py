@@ -49,9 +49,9 @@ ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=120), heartbeat
 
 # Not sandboxed: the sandbox re-imports and proxies modules on every activation, and under
 # `make load USERS=100` the workers' activations competed for the same 2 cores as everything else.
-# The code is deterministic without it: no I/O, no clock, no randomness but workflow.random(); only workflow.* APIs and
-# plain data (replay tests run it against real histories: tests/test_temporal_idle.py, and one
-# of the previous version: tests/test_temporal_replay.py).
+# The code is deterministic without it: no I/O, no clock, no randomness but workflow.random();
+# only workflow.* APIs and plain data (replay tests run it against real histories:
+# tests/test_temporal_idle.py, and two of previous versions: tests/test_temporal_replay.py).
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
 class TaskWorkflow:
     def __init__(self) -> None:
