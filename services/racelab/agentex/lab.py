@@ -101,10 +101,9 @@ def agent_services(settings: Settings, Service, python: str) -> list:
 
 def nginx_parts(settings: Settings) -> tuple[list[str], list[str]]:
     """nginx: /agent/ -> the API's ACP front, /agentex/ -> its REST API, /agent-pods/ -> the agent."""
-    from ..lab.topology import UPSTREAM_KEEPALIVE
-    servers = "\n".join(f"        server {settings.host}:{settings.agent_port(i)};"
-                        for i in range(1, settings.replicas + 1))
-    upstreams = [f"    upstream agent_pods {{\n{servers}\n        keepalive {UPSTREAM_KEEPALIVE};\n    }}"]
+    from ..lab.topology import nginx_upstream
+    upstreams = [nginx_upstream("agent_pods", (f"{settings.host}:{settings.agent_port(i)}"
+                                               for i in range(1, settings.replicas + 1)))]
     locations = [f"        location /{AGENT_VARIANT}/ {{ proxy_pass http://{AGENT_VARIANT}/acp/; }}",
                  f"        location /agentex/ {{ proxy_pass http://{AGENT_VARIANT}/; proxy_buffering off; }}",
                  "        location /agent-pods/ { proxy_pass http://agent_pods/; }"]
