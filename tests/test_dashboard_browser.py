@@ -1,9 +1,12 @@
 """The native live dashboard (Prometheus console /consoles/racelab.html) in a real headless browser,
 after the session's short load: it loads, its headline has a row per variant with numbers, every
 graph is drawn with data, and a screenshot is kept in the load run's results folder."""
+import json
 import re
 import shutil
 import subprocess
+import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -38,9 +41,24 @@ def test_console_is_served_by_prometheus(lab):
             assert resp.status == 200 and len(resp.read()) > 1000, script
 
 
+def run_lost_in_prometheus(lab) -> dict[str, float]:
+    query = urllib.parse.urlencode({"query": "racelab_checker_run_lost_updates"})
+    with urllib.request.urlopen(f"{lab.settings.prometheus_url}/api/v1/query?{query}", timeout=10) as resp:
+        return {r["metric"]["variant"]: float(r["value"][1]) for r in json.load(resp)["data"]["result"]}
+
+
 @pytest.fixture(scope="module")
 def dom(lab, load_run, tmp_path_factory) -> str:
-    """The page as the browser built it: server-side headline, graphs drawn by its JavaScript."""
+    """The page as the browser built it: server-side headline, graphs drawn by its JavaScript.
+    Built once Prometheus shows the load's verdicts (which variants lost events in it): the
+    exporter counts an event lost only once it is 10 s old, and Prometheus scrapes it every 5 s,
+    so right after the load the headline can still show none lost (a CI run read unguarded's
+    "this run" at 0.0 %, 2026-11-26). Waiting for the exact counts cost about 10 s more."""
+    want = {v: c["lost"] > 0 for v, c in load_run["checker"]["variants"].items()}
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and any((run_lost_in_prometheus(lab).get(v, 0) > 0) != lost
+                                              for v, lost in want.items()):
+        time.sleep(1)
     done = chromium(tmp_path_factory.mktemp("chromium"), "--dump-dom", dashboard_url(lab))
     assert 'id="headline"' in done.stdout, done.stderr[-2000:]
     return done.stdout
