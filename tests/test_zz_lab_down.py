@@ -1,11 +1,14 @@
 """Runs last (file order): `down` stops every process of the session's lab, by pid and marker."""
+import os
+import re
+import signal
 import socket
 from pathlib import Path
 
 import pytest
 
-from racelab.lab.native import lab_processes
-from racelab.lab.topology import services
+from racelab.lab.native import lab_processes, supervisor_rpc
+from racelab.lab.topology import paths, services
 
 
 def test_down_leaves_no_process_running(lab):
@@ -18,8 +21,21 @@ def test_down_leaves_no_process_running(lab):
     for kind in ("supervisord", "redis-server", "postgres: ", "nginx: worker", "temporal server", "racelab.pod",
                  "racelab.worker", "racelab.checker", "prometheus"):
         assert kind in cmdlines, f"{kind} not among the lab's processes"
+    # a pod a pause left stopped (SIGSTOP, as the nemesis does): down resumes it, so it stops on
+    # its stop signal like the others, not killed after supervisor's 20-s stop wait
+    paused = supervisor_rpc(lab.settings).getProcessInfo("pod-locked-2")["pid"]
+    os.killpg(paused, signal.SIGSTOP)
+    log = paths(lab.settings)["logs"] / "supervisord.log"
+    log_before = log.stat().st_size
     done = lab.down()
     assert done.returncode == 0, done.stdout + done.stderr
+    # stopped in waves, the reverse of up's stages: every app process before the stores
+    stopped = re.findall(r"stopped: (\S+) \((.*?)\)", log.read_text()[log_before:])
+    order = [name for name, _ in stopped]
+    assert dict(stopped)["pod-locked-2"] == "exit status 0", stopped
+    stores = [order.index(name) for name in ("postgres", "redis", "temporal")]
+    apps = [i for i, name in enumerate(order) if name.startswith(("pod-", "worker-", "queue-worker-", "checker"))]
+    assert apps and max(apps) < min(stores), order
     assert "leftover" not in done.stdout, "supervisor should have stopped every process by pid: " + done.stdout
     assert lab_processes(lab.settings) == []
     for svc in services(lab.settings):
