@@ -62,8 +62,10 @@ async def table_counts(settings, task_id: str | None = None) -> dict[str, int]:
         return {t: await conn.fetchval(f"SELECT count(*) FROM {t}{where}", *args) for t in tables}
 
 
-async def counts_for(settings, task_prefix: str, settle_s: float = 3.0):
-    results, quiescent = await wait_for_quiescence(settings.pg_dsn, task_prefix, settle_s=settle_s, timeout_s=120)
+async def counts_for(settings, task_prefix: str, settle_s: float = 3.0, **wait):
+    """The tasks' counts once quiescent (wait: wait_for_quiescence's other knobs, e.g. safe_settle_s)."""
+    results, quiescent = await wait_for_quiescence(settings.pg_dsn, task_prefix, settle_s=settle_s, timeout_s=120,
+                                                   **wait)
     assert quiescent, f"tasks {task_prefix}* did not become quiescent"
     return results
 

@@ -11,7 +11,7 @@ from racelab import db
 from racelab.clients.burst import burst_and_check, event_send
 from racelab.nemesis.runtimes import NativeRuntime
 
-from helpers import counts_for, get_state, new_id, send_event, send_events
+from helpers import counts_for, get_state, new_id, send_event, send_events, table_counts, wait_until
 
 ZOO = ("temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock", "queue", "optimistic")
 TASKS, EVENTS = 8, 20  # 160 concurrent events per variant, all seven at once: about 20 s on 2 cores
@@ -116,7 +116,13 @@ async def test_lock_only_fails_when_processing_outlives_the_lock(lab):
     params = {"model_latency_ms": 400, "lock_ttl_s": 0.15}
     ids = [f"{task}-{i}" for i in range(8)]
     assert await send_events(lab.settings, "lock-only", task, ids, 0, params) == [200] * 8
-    c = (await counts_for(lab.settings, task))["lock-only"]
+    # every handler made its model call (its effect row): only state writes can follow, within
+    # milliseconds; no need for the checker's 15-s wait for a safe variant's late applies
+    async def model_calls() -> int:
+        n = (await table_counts(lab.settings, task))["effects"]
+        return n if n >= len(ids) else 0
+    assert await wait_until(model_calls, timeout_s=60) == len(ids)
+    c = (await counts_for(lab.settings, task, settle_s=1.0, safe_settle_s=1.0))["lock-only"]
     assert c.lost > 0 and c.counter_drift < 0
 
 
