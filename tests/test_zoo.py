@@ -118,10 +118,12 @@ async def test_lock_only_fails_when_processing_outlives_the_lock(lab):
     assert await send_events(lab.settings, "lock-only", task, ids, 0, params) == [200] * 8
     # every handler made its model call (its effect row): only state writes can follow, within
     # milliseconds; no need for the checker's 15-s wait for a safe variant's late applies
-    async def model_calls() -> int:
-        n = (await table_counts(lab.settings, task))["effects"]
-        return n if n >= len(ids) else 0
-    assert await wait_until(model_calls, timeout_s=60) == len(ids)
+    calls = {"n": 0}
+
+    async def every_handler_called() -> bool:
+        calls["n"] = (await table_counts(lab.settings, task))["effects"]
+        return calls["n"] >= len(ids)
+    assert await wait_until(every_handler_called, timeout_s=60), f"{calls['n']} of {len(ids)} model calls"
     c = (await counts_for(lab.settings, task, settle_s=1.0, safe_settle_s=1.0))["lock-only"]
     assert c.lost > 0 and c.counter_drift < 0
 

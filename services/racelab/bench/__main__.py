@@ -345,7 +345,8 @@ def table(r: dict) -> str:
              f"{w['pods_per_target']} pods each; apply = events / seconds from the first send until the last applied; "
              f"medians of {r.get('rounds', 1)} rounds (in each, every variant right after a bare ingest of its own), "
              f"after a warm-up burst of {r.get('warmup_tasks', 0)} tasks per target (not counted); ingest vs bare: "
-             "the median of the rounds' ratios, each to the bare ingest right before it, each round's in brackets",
+             "the median of the rounds' ratios, each to the bare ingest right before it, each round's in brackets; "
+             "apply vs bare: to the median of all bare ingests",
              "", "| target | ingest events/s | ingest vs bare | apply events/s | vs bare | apply p50 / p99 ms |",
              "|---|---|---|---|---|---|"]
     for name, rate in r["ingest_eps"].items():
@@ -404,7 +405,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--k", type=int, default=30, help="events in the one-task burst")
     parser.add_argument("--repeat", type=int, default=3, help="bursts to one task per variant")
-    parser.add_argument("--rounds", type=int, default=3, help="ingest rounds (bare, then each variant); medians")
+    parser.add_argument("--rounds", type=int, default=3, help="ingest rounds (each variant after a bare ingest of its own); medians")
     parser.add_argument("--warmup-tasks", type=int, default=20,
                         help="tasks of the warm-up burst per target before the rounds, not counted (0: none)")
     parser.add_argument("--up-repeat", type=int, default=1, help="0 to skip the second lab")

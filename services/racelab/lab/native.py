@@ -60,6 +60,9 @@ def supervisor_conf(settings: Settings, svcs: list[Service]) -> str:
                 f"[program:{inst.name}]",
                 f"command={shlex.join(inst.argv)}",
                 "autostart=false", "autorestart=true", "startsecs=1",
+                # supervisord's own shutdown (what stop_in_waves leaves running) goes by priority,
+                # highest first: the stores last, as up starts them first
+                f"priority={100 * (STAGES.index(svc.stage) + 1)}",
                 # an orchestrator keeps restarting: a pod killed while PostgreSQL is down must
                 # come back once it is up (supervisor waits 1 s more before each retry)
                 "startretries=20",
@@ -409,9 +412,17 @@ def stop_in_waves(settings: Settings, timeout_s: float = 30.0) -> None:
                 except XmlRpcError:  # not running (stopped, exited, never started)
                     pass
             deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and any(
-                    info["statename"] in ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
-                    for info in rpc.getAllProcessInfo() if info["name"] in wave):
+            while time.monotonic() < deadline:
+                states = {info["name"]: info["statename"] for info in rpc.getAllProcessInfo()
+                          if info["name"] in wave}
+                if not any(state in ("STARTING", "RUNNING", "BACKOFF", "STOPPING") for state in states.values()):
+                    break
+                for name, state in states.items():
+                    if state in ("STARTING", "RUNNING", "BACKOFF"):  # exited just before its stop, restarted since
+                        try:
+                            rpc.stopProcess(name, False)
+                        except XmlRpcError:
+                            pass
                 time.sleep(0.05)
     except (OSError, XmlRpcError) as exc:
         say(f"(supervisor did not answer: {exc}; its shutdown stops the rest)")
