@@ -391,7 +391,7 @@ def lab_processes(settings: Settings) -> list[int]:
 def stop_in_waves(settings: Settings, timeout_s: float = 30.0) -> None:
     """Stop the lab's programs through supervisor, all programs of a stage at once, the stages in
     the reverse order of `up` (the stores last). supervisord's own shutdown stops one program at
-    a time, waiting for each: 9 s for the default lab, 14 s for the zoo's 40 programs. A program
+    a time, waiting for each: 9.4 s for the default lab, 13.7 s for make test's zoo lab. A program
     a pause left stopped (SIGSTOP) is resumed first, or it would sit out its 20-s stop wait.
     What this leaves running (supervisor did not answer) the shutdown after it still stops."""
     from xmlrpc.client import Error as XmlRpcError
