@@ -403,26 +403,21 @@ def stop_in_waves(settings: Settings, timeout_s: float = 30.0) -> None:
         stage_of = {}
     try:
         rpc = supervisor_rpc(settings)
-        names = [info["name"] for info in rpc.getAllProcessInfo()]
         for stage in reversed(STAGES):
-            wave = [n for n in names if stage_of.get(n, "app") == stage]
-            for name in wave:
-                try:
-                    rpc.stopProcess(name, False)  # wait=False: the signal now, the wait below
-                except XmlRpcError:  # not running (stopped, exited, never started)
-                    pass
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 states = {info["name"]: info["statename"] for info in rpc.getAllProcessInfo()
-                          if info["name"] in wave}
-                if not any(state in ("STARTING", "RUNNING", "BACKOFF", "STOPPING") for state in states.values()):
+                          if stage_of.get(info["name"], "app") == stage}
+                # the first pass signals the whole wave; a later one only a program that exited just
+                # before its stop and was restarted since (wait=False: the signal now, the wait here)
+                running = [name for name, state in states.items() if state in ("STARTING", "RUNNING", "BACKOFF")]
+                if not running and "STOPPING" not in states.values():
                     break
-                for name, state in states.items():
-                    if state in ("STARTING", "RUNNING", "BACKOFF"):  # exited just before its stop, restarted since
-                        try:
-                            rpc.stopProcess(name, False)
-                        except XmlRpcError:
-                            pass
+                for name in running:
+                    try:
+                        rpc.stopProcess(name, False)
+                    except XmlRpcError:  # stopped or exited meanwhile
+                        pass
                 time.sleep(0.05)
     except (OSError, XmlRpcError) as exc:
         say(f"(supervisor did not answer: {exc}; its shutdown stops the rest)")
