@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from racelab.lab.native import lab_processes, supervisor_rpc
+from racelab.lab.native import lab_processes
 from racelab.lab.topology import paths, services
+from racelab.nemesis.runtimes import NativeRuntime
 
 
 def test_down_leaves_no_process_running(lab):
@@ -24,7 +25,7 @@ def test_down_leaves_no_process_running(lab):
     # a pod a pause left stopped (SIGSTOP, as the nemesis does): down resumes it, so it stops on
     # its stop signal like the others, not killed after supervisor's 20-s stop wait
     pod = next(inst.name for svc in services(lab.settings) if svc.name.startswith("pod-") for inst in svc.instances())
-    paused = supervisor_rpc(lab.settings).getProcessInfo(pod)["pid"]
+    paused = NativeRuntime(lab.settings).pid(pod)
     assert paused > 1, f"{pod} is not running"  # (killpg(0) would stop this test's own group)
     os.killpg(paused, signal.SIGSTOP)
     log = paths(lab.settings)["logs"] / "supervisord.log"
