@@ -5,7 +5,7 @@ Against the running lab (make up), in one run:
    drained) of every running variant, next to `bare`: the same path (nginx, as many pods as a
    variant has, the same client and concurrency) to pods that ack after one durable INSERT and
    process nothing (racelab.bench.bare_pod, started here, behind the gateway's /bare/); in
-   rounds (3 by default; in each, every variant right after a bare ingest of its own, its ratio
+   rounds (5 by default; in each, every variant right after a bare ingest of its own, its ratio
    to that one), each figure the median of the rounds, after a warm-up burst per target that is
    not counted (fresh pods' connections and statements);
 2. the Temporal dev server's own limits (racelab.bench.temporal_limit), the temporal variant as
@@ -51,6 +51,11 @@ SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "21000", "RACELAB_PG_PORT": "21001",
                     "RACELAB_TEMPORAL_METRICS_PORT": "21005", "RACELAB_PROMETHEUS_PORT": "21006",
                     "RACELAB_TEMPORAL_HTTP_PORT": "21007",
                     "RACELAB_POD_BASE_PORT": "21100"}
+# The bench's tasks carry the lab knob task.params.idle_complete_s: a temporal task's workflow
+# completes after this many idle seconds instead of 30, so the wait for a round's workflows to
+# complete (settle_temporal) takes seconds, not half a minute a round, and 5 rounds take the
+# time 3 took. Every target gets the same request bodies; only the workflow reads the knob.
+BENCH_TASK_PARAMS = {"idle_complete_s": 5}
 
 
 def say(msg: str) -> None:
@@ -60,7 +65,8 @@ def say(msg: str) -> None:
 async def ingest(base: str, name: str, prefix: str, tasks: int, events: int, concurrency: int) -> tuple[float, int]:
     """Acked events per second for tasks × events sent with the given concurrency."""
     started = time.perf_counter()
-    ledger = await run_burst(base, prefix, tasks, events, (name,), concurrency=concurrency)
+    ledger = await run_burst(base, prefix, tasks, events, (name,), concurrency=concurrency,
+                             task_params=BENCH_TASK_PARAMS)
     elapsed = time.perf_counter() - started
     acked = sum(len(v) for v in ledger.acked.values())
     if ledger.errors:
@@ -204,14 +210,14 @@ async def drain(settings: Settings, prefix: str, t0: float) -> tuple[float, obje
 
 async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 180.0) -> None:
     """Wait until the workflows of a temporal variant's ingest have completed. They complete once
-    idle for 30 s (worker.workflow.IDLE_COMPLETE_S): their completions would otherwise land in
-    the measurements of the targets after it."""
+    idle for BENCH_TASK_PARAMS' idle_complete_s: their completions would otherwise land in the
+    measurements of the targets after it."""
     from temporalio.client import Client
     client = await Client.connect(settings.temporal_address)
     # temporal's workflow id is the task id, temporal-naive's "temporal-naive/<task id>"
     query = (f"(WorkflowId STARTS_WITH '{prefix}' OR WorkflowId STARTS_WITH 'temporal-naive/{prefix}') "
              "AND ExecutionStatus = 'Running'")
-    say("  waiting for its workflows to complete (idle after 30 s)")
+    say(f"  waiting for its workflows to complete (idle after {BENCH_TASK_PARAMS['idle_complete_s']} s)")
     deadline = time.monotonic() + timeout_s
     while (running := (await client.count_workflows(query)).count):
         if time.monotonic() > deadline:
@@ -245,7 +251,7 @@ async def measure(settings: Settings, args) -> dict:
                  "load_average": os.getloadavg(),
                  "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
                  "workload": {"tasks": args.tasks, "events": args.events, "concurrency": args.concurrency,
-                              "pods_per_target": settings.replicas},
+                              "pods_per_target": settings.replicas, "task_params": BENCH_TASK_PARAMS},
                  "rounds": args.rounds, "warmup_tasks": args.warmup_tasks, "ingest_eps": {}, "apply_eps": {}, "ingest_rounds": {},
                  "ingest_vs_bare_rounds": {}, "apply_latency_ms": {}, "burst30_s": {},
                  "cpu_ms_per_event": {}}
@@ -405,7 +411,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--k", type=int, default=30, help="events in the one-task burst")
     parser.add_argument("--repeat", type=int, default=3, help="bursts to one task per variant")
-    parser.add_argument("--rounds", type=int, default=3, help="ingest rounds (each variant after a bare ingest of its own); medians")
+    parser.add_argument("--rounds", type=int, default=5, help="ingest rounds (each variant after a bare ingest of its own); medians")
     parser.add_argument("--warmup-tasks", type=int, default=20,
                         help="tasks of the warm-up burst per target before the rounds, not counted (0: none)")
     parser.add_argument("--up-repeat", type=int, default=1, help="0 to skip the second lab")
