@@ -22,13 +22,6 @@ def test_full_agentex_shape_is_accepted_with_extra_fields():
     assert event.content["content"] == "hello"
 
 
-def test_a_clients_task_params_reach_the_event():
-    """The bench's tasks carry the lab knob idle_complete_s (racelab.bench.BENCH_TASK_PARAMS)."""
-    assert parse(event_send("task-1", "ev-1", 1, "hi", {"idle_complete_s": 5})).task_params == {"idle_complete_s": 5}
-    assert "params" not in event_send("task-1", "ev-1", 1, "hi")["params"]["task"]
-    assert parse(event_send("task-1", "ev-1", 1, "hi")).task_params == {}
-
-
 @pytest.mark.parametrize("mutate, code", [
     (lambda d: d.pop("jsonrpc"), protocol.INVALID_REQUEST),
     (lambda d: d.update(method="event/unknown"), protocol.METHOD_NOT_FOUND),

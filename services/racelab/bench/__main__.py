@@ -38,7 +38,7 @@ import aiohttp
 
 from .. import db
 from ..checker.quiescence import wait_for_quiescence
-from ..config import ALL_VARIANTS, Settings
+from ..config import ALL_VARIANTS, SIGNAL_CANCEL, Settings
 from ..clients.burst import run_burst
 from ..clients.load import lab_is_up, link_latest, results_root
 from ..lab.native import lab_processes, proc_stat
@@ -51,11 +51,6 @@ SECOND_LAB_PORTS = {"RACELAB_GATEWAY_PORT": "21000", "RACELAB_PG_PORT": "21001",
                     "RACELAB_TEMPORAL_METRICS_PORT": "21005", "RACELAB_PROMETHEUS_PORT": "21006",
                     "RACELAB_TEMPORAL_HTTP_PORT": "21007",
                     "RACELAB_POD_BASE_PORT": "21100"}
-# The bench's tasks carry the lab knob task.params.idle_complete_s: a temporal task's workflow
-# completes after this many idle seconds instead of 30, so the wait for a round's workflows to
-# complete (settle_temporal) takes seconds, not half a minute a round, and 5 rounds take the
-# time 3 took. Every target gets the same request bodies; only the workflow reads the knob.
-BENCH_TASK_PARAMS = {"idle_complete_s": 5}
 
 
 def say(msg: str) -> None:
@@ -65,8 +60,7 @@ def say(msg: str) -> None:
 async def ingest(base: str, name: str, prefix: str, tasks: int, events: int, concurrency: int) -> tuple[float, int]:
     """Acked events per second for tasks × events sent with the given concurrency."""
     started = time.perf_counter()
-    ledger = await run_burst(base, prefix, tasks, events, (name,), concurrency=concurrency,
-                             task_params=BENCH_TASK_PARAMS)
+    ledger = await run_burst(base, prefix, tasks, events, (name,), concurrency=concurrency)
     elapsed = time.perf_counter() - started
     acked = sum(len(v) for v in ledger.acked.values())
     if ledger.errors:
@@ -208,22 +202,34 @@ async def drain(settings: Settings, prefix: str, t0: float) -> tuple[float, obje
     return counts.accepted / max(1e-3, counts.last_applied_at - t0), counts
 
 
-async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 180.0) -> None:
-    """Wait until the workflows of a temporal variant's ingest have completed. They complete once
-    idle for BENCH_TASK_PARAMS' idle_complete_s: their completions would otherwise land in the
-    measurements of the targets after it."""
+async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 60.0) -> None:
+    """End the workflows of a temporal variant's ingest, once its log is drained, and wait until
+    they have completed: their completions would otherwise land in the measurements of the
+    targets after it. Left alone, a task's workflow completes after 30 idle seconds
+    (worker.workflow.IDLE_COMPLETE_S), temporal-naive's only when cancelled; the bench waited
+    out those 30 s in every round. A cancel signal ends each at once, as a task's cancel does:
+    it completes when everything it received is applied."""
     from temporalio.client import Client
     client = await Client.connect(settings.temporal_address)
     # temporal's workflow id is the task id, temporal-naive's "temporal-naive/<task id>"
     query = (f"(WorkflowId STARTS_WITH '{prefix}' OR WorkflowId STARTS_WITH 'temporal-naive/{prefix}') "
              "AND ExecutionStatus = 'Running'")
-    say(f"  waiting for its workflows to complete (idle after {BENCH_TASK_PARAMS['idle_complete_s']} s)")
+    say("  ending its workflows (a cancel signal each) and waiting until they have completed")
     deadline = time.monotonic() + timeout_s
-    while (running := (await client.count_workflows(query)).count):
-        if time.monotonic() > deadline:
-            say(f"  {running} workflows still running after {timeout_s:.0f} s: the next figures may include them")
+    signalled: set[str] = set()
+    while True:
+        running = [wf async for wf in client.list_workflows(query)]
+        if not running:
             return
-        await asyncio.sleep(1.0)
+        if time.monotonic() > deadline:
+            say(f"  {len(running)} workflows still running after {timeout_s:.0f} s: the next figures may include them")
+            return
+        fresh = [wf for wf in running if wf.run_id not in signalled]
+        # a run that completes meanwhile refuses the signal: nothing to do for it
+        sent = await asyncio.gather(*(client.get_workflow_handle(wf.id, run_id=wf.run_id).signal(SIGNAL_CANCEL)
+                                      for wf in fresh), return_exceptions=True)
+        signalled.update(wf.run_id for wf, result in zip(fresh, sent) if not isinstance(result, Exception))
+        await asyncio.sleep(0.5)
 
 
 async def ingest_and_drain(settings: Settings, args, variant: str, prefix: str, tasks: int) -> dict:
@@ -251,7 +257,7 @@ async def measure(settings: Settings, args) -> dict:
                  "load_average": os.getloadavg(),
                  "model_latency_ms": settings.model_latency_ms, "model_jitter_ms": settings.model_jitter_ms,
                  "workload": {"tasks": args.tasks, "events": args.events, "concurrency": args.concurrency,
-                              "pods_per_target": settings.replicas, "task_params": BENCH_TASK_PARAMS},
+                              "pods_per_target": settings.replicas},
                  "rounds": args.rounds, "warmup_tasks": args.warmup_tasks, "ingest_eps": {}, "apply_eps": {}, "ingest_rounds": {},
                  "ingest_vs_bare_rounds": {}, "apply_latency_ms": {}, "burst30_s": {},
                  "cpu_ms_per_event": {}}

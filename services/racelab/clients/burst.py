@@ -32,12 +32,10 @@ from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
 AGENT = {"id": "racelab-agent", "name": "racelab-agent", "acp_type": "async"}
 
 
-def event_send(task_id: str, event_id: str, sequence_id: int, text: str, task_params: dict | None = None) -> dict:
-    """An event/send request shaped as Agentex's server sends it (task_params: the task's
-    params, e.g. a lab knob)."""
-    task = {"id": task_id, "agent_id": AGENT["id"], **({"params": dict(task_params)} if task_params else {})}
+def event_send(task_id: str, event_id: str, sequence_id: int, text: str) -> dict:
+    """An event/send request shaped as Agentex's server sends it."""
     return {"jsonrpc": "2.0", "id": f"event/send-{task_id}", "method": "event/send",
-            "params": {"agent": dict(AGENT), "task": task,
+            "params": {"agent": dict(AGENT), "task": {"id": task_id, "agent_id": AGENT["id"]},
                        "event": {"id": event_id, "task_id": task_id, "agent_id": AGENT["id"],
                                  "sequence_id": sequence_id,
                                  "content": {"type": "text", "author": "user", "content": text},
@@ -123,10 +121,9 @@ def raise_fd_limit() -> int:
 async def run_burst(base_url: str, task_prefix: str, tasks: int, events: int,
                     variants: tuple[str, ...] | None = None, concurrency: int = 600,
                     spread_s: float = 0.0, dup_rate: float = 0.0, ledger_path=None,
-                    policy: RetryPolicy = RetryPolicy(), task_params: dict | None = None) -> Ledger:
+                    policy: RetryPolicy = RetryPolicy()) -> Ledger:
     """Send tasks × events event/send to each variant. spread_s 0: all events of a task are in
-    flight together; else each event starts at a random moment within spread_s seconds.
-    task_params: every task's params (lab knobs)."""
+    flight together; else each event starts at a random moment within spread_s seconds."""
     concurrency = min(concurrency, raise_fd_limit() // 2)
     variants = variants or Settings.from_env().variants
     ledger = Ledger(writer=LedgerWriter(ledger_path) if ledger_path else None)
@@ -138,7 +135,7 @@ async def run_burst(base_url: str, task_prefix: str, tasks: int, events: int,
             task_id = f"{task_prefix}{n:04d}"
             for variant in variants:
                 for seq in range(1, events + 1):
-                    body = event_send(task_id, str(uuid.uuid4()), seq, f"message {seq} of {task_id}", task_params)
+                    body = event_send(task_id, str(uuid.uuid4()), seq, f"message {seq} of {task_id}")
                     jobs.append(delayed(random.uniform(0, spread_s) if spread_s else 0.0,
                                         send(session, base_url, variant, body, ledger, sem, policy, dup_rate)))
         try:
