@@ -210,9 +210,11 @@ async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 60
     out those 30 s in every round. A cancel signal ends each at once, as a task's cancel does:
     it completes when everything it received is applied."""
     from temporalio.client import Client
+
+    from ..variants.temporal_naive import workflow_id as naive_workflow_id
     client = await Client.connect(settings.temporal_address)
-    # temporal's workflow id is the task id, temporal-naive's "temporal-naive/<task id>"
-    query = (f"(WorkflowId STARTS_WITH '{prefix}' OR WorkflowId STARTS_WITH 'temporal-naive/{prefix}') "
+    # temporal's workflow id is the task id, temporal-naive's its own prefix plus the task id
+    query = (f"(WorkflowId STARTS_WITH '{prefix}' OR WorkflowId STARTS_WITH '{naive_workflow_id(prefix)}') "
              "AND ExecutionStatus = 'Running'")
     say("  ending its workflows (a cancel signal each) and waiting until they have completed")
     deadline = time.monotonic() + timeout_s
