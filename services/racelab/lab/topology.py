@@ -119,9 +119,12 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
                  # the cross-cluster replication cache (XDC): every appended history batch goes in it
                  # and stays until the cache is full: 8 MiB of blob bytes by its own count, several
                  # times that in heap (found by scanning the dev server's heap for the lab's payloads;
-                 # README, seventh pass). Only replication reads it, which a single-cluster lab never
-                 # does: the smallest size the server takes (64 KiB).
+                 # docs/performance-journal.md, seventh pass). Only replication reads it, which a
+                 # single-cluster lab never does: the smallest size the server takes (64 KiB).
                  "--dynamic-config-value", "history.xdcCacheMaxSizeBytes=65536",
+                 # Go's GOGC stays at its default: 200 (a larger heap, fewer collections) was no
+                 # better under make load USERS=100, apply p99 18.6 and 28.8 s against 7.2 and
+                 # 10.3 s in alternating runs (docs/performance-journal.md, fourteenth pass)
                  "--ui-disable-news-fetch"),  # the UI must not reach out to the network
                 (settings.temporal_port,), "temporal",
                 extra_ports=(settings.temporal_ui_port, settings.temporal_metrics_port, settings.temporal_http_port)),

@@ -78,7 +78,8 @@ class Sequential(Variant):
         """Apply the oldest event after its task's cursor; False when there is none. (The events
         of one task commit in seq order, so a per-task cursor never passes a later commit.) The
         tasks with such an event come from BehindTasks: looking at every task of the variant
-        cost 32-48 ms per applied event with 11,111 of its tasks in the log (README, ninth pass)."""
+        cost 32-48 ms per applied event with 11,111 of its tasks in the log
+        (docs/performance-journal.md, ninth pass)."""
         pool = self.ctx.pool
         async with pool.acquire() as conn:
             behind = await self._behind.sweep(conn, 0)

@@ -43,16 +43,18 @@ async def serve(port: int) -> None:
                     # keeps a killed worker's recovery short. The lab had 2 s: under make load
                     # USERS=100 a saturated machine's workers missed it 2-5 times a second, and
                     # the replays that followed (histories of ~570 events) made it worse, apply
-                    # p99 29 s; at 5 s and 10 s they missed it less often (README, eighth pass).
+                    # p99 29 s; at 5 s and 10 s they missed it less often
+                    # (docs/performance-journal.md, eighth pass).
                     # The pollers stay the SDK's fixed ones: scaled by the server's backlog hints
                     # (PollerBehaviorAutoscaling) they made the dev server fail hundreds of tasks
                     # per make load run with "context deadline exceeded" (same section). 16 of
                     # them (13 on the sticky queue) had most sticky tasks handed over at once
                     # instead of through the dev server's SQLite, but with a worker killed under
                     # make load USERS=100 the other one took on more than it could replay in
-                    # time, and the backlog took longer to clear (README, ninth pass); and on a
-                    # slower machine the dev server then failed hundreds of requests with "context
-                    # deadline exceeded", apply p99 14-40 s against 5-6 s (tenth pass).
+                    # time, and the backlog took longer to clear (docs/performance-journal.md,
+                    # ninth pass); and on a slower machine the dev server then failed hundreds of
+                    # requests with "context deadline exceeded", apply p99 14-40 s against 5-6 s
+                    # (tenth pass).
                     sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
                     # a task's workflow completes when idle (workflow.IDLE_COMPLETE_S), and the
                     # cache (1000 by default) is bounded too: with many busy tasks an evicted
