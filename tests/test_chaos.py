@@ -11,11 +11,12 @@ import sys
 import aiohttp
 import pytest
 
-from helpers import stop_mid_pause
+from helpers import new_id, send_event, stop_mid_pause
 from racelab.clients.chaos import RECOVERY_LIMIT_S, chaos_one
 from racelab.lab.native import healthy, postgres_user
 from racelab.lab.topology import services
 from racelab.nemesis.faults import KINDS
+from racelab.nemesis.runtimes import NativeRuntime
 
 VARIANTS = ("unguarded", "locked", "temporal")
 
@@ -63,3 +64,39 @@ async def test_make_chaos_stopped_by_sigterm_resumes_the_pod(lab, tmp_path):
     assert state != "T", "make chaos left the pod stopped"
     assert took < lab.settings.lock_ttl_s * 2.5, "the pause ran its full time"
     assert code == 128 + signal.SIGTERM and "chaos: stopped (SIGTERM)" in out, out[-2000:]
+
+
+def listeners(port: int) -> set[int]:
+    """Pids of the processes holding a listening TCP socket on port (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{cols[9]}]")
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                pids.add(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+async def test_a_gateway_killed_alone_comes_back_whole(lab):
+    """SIGKILL to the gateway's pid only (not its process group, as the nemesis does): nginx ran
+    with a master, whose worker then served on as an orphan holding the port, and every nginx
+    supervisor restarted failed to bind. Now the restarted gateway is the only holder of the port
+    and serves."""
+    runtime = NativeRuntime(lab.settings)
+    old = runtime.pid("gateway")
+    assert old in listeners(lab.settings.gateway_port)
+    os.kill(old, signal.SIGKILL)
+    await runtime.wait_back("gateway", old, timeout_s=30)
+    new = runtime.pid("gateway")
+    assert listeners(lab.settings.gateway_port) == {new}, "a process other than the gateway holds its port"
+    status, reply = await send_event(lab.settings, "locked", new_id("gateway-kill"), new_id("ev"))
+    assert (status, reply["result"]["status"]) == (200, "processing"), reply

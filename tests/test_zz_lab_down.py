@@ -19,7 +19,7 @@ def test_down_leaves_no_process_running(lab):
     cmdlines = " | ".join(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                           for pid in before if Path(f"/proc/{pid}").exists())
     # every kind of process is found, including those that rewrite their titles
-    for kind in ("supervisord", "redis-server", "postgres: ", "nginx: worker", "temporal server", "racelab.pod",
+    for kind in ("supervisord", "redis-server", "postgres: ", "nginx -p", "temporal server", "racelab.pod",
                  "racelab.worker", "racelab.checker", "prometheus"):
         assert kind in cmdlines, f"{kind} not among the lab's processes"
     # a pod a pause left stopped (SIGSTOP, as the nemesis does): down resumes it, so it stops on

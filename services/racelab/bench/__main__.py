@@ -41,8 +41,8 @@ from ..checker.quiescence import wait_for_quiescence
 from ..config import ALL_VARIANTS, SIGNAL_CANCEL, Settings
 from ..clients.burst import run_burst
 from ..clients.load import lab_is_up, link_latest, results_root
-from ..lab.native import lab_processes, proc_stat
-from ..lab.topology import find_binary, nginx_conf, paths
+from ..lab.native import lab_processes, proc_stat, supervisor_rpc
+from ..lab.topology import nginx_conf, paths
 from . import checker_scale, temporal_limit
 
 # the second lab's ports: apart from the default and test labs, below the ephemeral range
@@ -178,17 +178,19 @@ def start_bare_pods(settings: Settings) -> list[subprocess.Popen]:
 
 async def ensure_bare_route(settings: Settings) -> None:
     """The gateway's /bare/ (topology.nginx_conf); a lab started before it existed gets its nginx
-    configuration rewritten and reloaded."""
+    configuration rewritten and its gateway restarted (nginx runs without a master process, which
+    cannot reload: topology.nginx_conf)."""
     try:
         await wait_healthy(f"{settings.gateway_url}/bare/healthz", timeout_s=3)
         return
     except RuntimeError:
         pass
     conf = paths(settings)["nginx"] / "nginx.conf"
-    say("  the gateway has no /bare/ route yet: rewriting its configuration and reloading nginx")
+    say("  the gateway has no /bare/ route yet: rewriting its configuration and restarting nginx")
     conf.write_text(nginx_conf(settings))
-    subprocess.run([find_binary("nginx", "/usr/sbin/nginx"), "-p", str(conf.parent), "-c", str(conf), "-s", "reload"],
-                   check=True, capture_output=True)
+    rpc = supervisor_rpc(settings)
+    rpc.stopProcess("gateway")
+    rpc.startProcess("gateway")
     await wait_healthy(f"{settings.gateway_url}/bare/healthz", timeout_s=10)
 
 

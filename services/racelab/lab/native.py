@@ -92,13 +92,14 @@ def supervisorctl(settings: Settings, *args: str, check: bool = True) -> subproc
 
 
 def supervisord_pid(settings: Settings) -> int | None:
-    """The pid of this lab's supervisord, if it is alive."""
+    """The pid of this lab's supervisord, if it is alive (a killed one not yet reaped by its
+    parent is a zombie: dead)."""
     try:
         pid = int(supervisor_paths(settings)["pid"].read_text().strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if process_state(pid) not in ("", "Z") else None
 
 
 def stopped_processes(settings: Settings) -> dict[str, int]:
@@ -300,6 +301,12 @@ def up(settings: Settings) -> int:
             say(f"resumed what a pause had left stopped (SIGCONT): {', '.join(resumed)}")
         say("`make status` shows its components, `make down` stops it.")
         return 0
+    orphans = lab_processes(settings)
+    if orphans:
+        # its supervisord was killed: its programs run on unsupervised and hold the lab's ports
+        say(f"racelab: the supervisord of {settings.state_dir} is gone, {len(orphans)} process(es) of its lab "
+            "still run: stopping them first")
+        down(settings, quiet=True)
     run_as = postgres_user()
     svcs = services(settings, run_as)
     check_ports_free(settings, svcs)
@@ -435,11 +442,8 @@ def down(settings: Settings, quiet: bool = False) -> int:
         stop_in_waves(settings)
         supervisorctl(settings, "shutdown", check=False)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the process itself, not its pidfile (removed first)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        # the process itself, not its pidfile (removed first); a zombie has exited
+        while time.monotonic() < deadline and process_state(pid) not in ("", "Z"):
             time.sleep(0.1)
     # Anything of this lab still alive (a child that ignored its stop signal, a supervisord
     # that was killed): terminate it, then kill what remains.

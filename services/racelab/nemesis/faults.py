@@ -7,6 +7,7 @@ A fault is KIND[:TARGET]:
   kill-redis                   SIGKILL Redis (it restarts empty: locks and anything kept there are gone)
   kill-postgres                SIGKILL PostgreSQL with its backends (crash recovery on restart)
   kill-temporal                SIGKILL the Temporal dev server
+  kill-gateway                 SIGKILL the gateway (nginx): every variant's sends fail until it is back
 Everything killed is restarted as an orchestrator would (supervisor natively, `docker compose
 start` with Docker). A schedule is a comma list of FAULT@WHEN, WHEN one of
   10s        once, 10 s after the start
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KINDS = ("kill-pod", "pause-pod", "kill-worker", "kill-redis", "kill-postgres", "kill-temporal")
+KINDS = ("kill-pod", "pause-pod", "kill-worker", "kill-redis", "kill-postgres", "kill-temporal", "kill-gateway")
 TARGETED = ("kill-pod", "pause-pod")  # need a variant
 
 
