@@ -54,7 +54,7 @@ help:
 	@echo "make verify   the checker: counts per variant (exit 1 if locked/temporal lose anything)"
 	@echo "make load     Locust rapid messages (USERS, RATE, DURATION, VARIANT, HOST, DUP_RATE, FAULTS; UI=1 with docker),"
 	@echo "              at-least-once with a client ledger, then the checker"
-	@echo "make chaos    a burst per fault kind (kill pod/worker/redis/postgres/temporal, pause pod), judged;"
+	@echo "make chaos    a burst per fault kind (kill pod/worker/redis/postgres/temporal/gateway, pause pod), judged;"
 	@echo "              FAULTS='kill-redis@every30s' DURATION=2m: only the nemesis, beside make load"
 	@echo "make report   an HTML report of the latest native load run (results/latest/report.html)"
 	@echo "make bench    the benchmark: ingest/apply vs a bare INSERT path, Temporal's own limits, checker at 1M events"

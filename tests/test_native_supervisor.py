@@ -1,8 +1,14 @@
-"""The native lab's view of its supervisord: a killed one is dead even before it is reaped."""
+"""The native lab without its supervisord: a killed one is dead even before it is reaped, and
+`up` stops the programs it left running (and nothing else)."""
 import os
+import subprocess
+import sys
+
+import pytest
 
 from racelab.config import Settings
-from racelab.lab.native import supervisor_paths, supervisord_pid
+from racelab.lab.native import MARKER, LabError, stop_orphans, supervisor_paths, supervisord_pid
+from racelab.lab.topology import paths
 
 
 def test_a_zombie_supervisord_is_not_a_running_lab(tmp_path, monkeypatch):
@@ -29,3 +35,41 @@ def test_a_zombie_supervisord_is_not_a_running_lab(tmp_path, monkeypatch):
         os.kill(alive, 9)
         os.waitpid(alive, 0)
         os.waitpid(dead, 0)
+
+
+def start(argv, env=None):
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_up_stops_what_a_killed_supervisord_left_running_and_nothing_else(tmp_path, monkeypatch):
+    """Programs a killed supervisord left behind carry the lab's marker: `up` stops them before it
+    starts the lab (they hold its ports). A process that only names the lab's files (a `less` of
+    its nginx.conf) is not the lab's, and a supervisord of the lab that lost its pid file is
+    refused, not killed."""
+    monkeypatch.setenv("RACELAB_STATE_DIR", str(tmp_path))
+    settings = Settings.from_env()
+    nginx_conf = paths(settings)["nginx"] / "nginx.conf"
+    nginx_conf.parent.mkdir(parents=True)
+    nginx_conf.write_text("")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+    orphan = start(sleeper, env={**os.environ, MARKER: str(tmp_path)})
+    reader = start([*sleeper, str(nginx_conf)])
+    fake_supervisord = tmp_path / "supervisord"
+    fake_supervisord.write_text("import time; time.sleep(300)\n")
+    try:
+        supervisord = start([sys.executable, str(fake_supervisord), "-c", str(supervisor_paths(settings)["conf"])])
+        try:
+            with pytest.raises(LabError, match=f"pid {supervisord.pid}"):
+                stop_orphans(settings)
+            assert orphan.poll() is None
+        finally:
+            supervisord.kill()
+            supervisord.wait()
+        assert stop_orphans(settings) == [orphan.pid]
+        assert orphan.wait(timeout=15) is not None
+        assert reader.poll() is None, "a process that only reads the lab's files was stopped"
+        assert stop_orphans(settings) == []
+    finally:
+        for p in (orphan, reader):
+            p.kill()
+            p.wait()

@@ -22,6 +22,10 @@ def test_down_leaves_no_process_running(lab):
     for kind in ("supervisord", "redis-server", "postgres: ", "nginx -p", "temporal server", "racelab.pod",
                  "racelab.worker", "racelab.checker", "prometheus"):
         assert kind in cmdlines, f"{kind} not among the lab's processes"
+    # nginx is one process (no master whose worker a kill could orphan: tests/test_chaos.py)
+    argv0 = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+             for pid in before if Path(f"/proc/{pid}").exists()]
+    assert sum(a.startswith("nginx:") or os.path.basename(a) == "nginx" for a in argv0) == 1, argv0
     # a pod a pause left stopped (SIGSTOP, as the nemesis does): down resumes it, so it stops on
     # its stop signal like the others, not killed after supervisor's 20-s stop wait
     pod = next(inst.name for svc in services(lab.settings) if svc.name.startswith("pod-") for inst in svc.instances())

@@ -188,9 +188,14 @@ async def ensure_bare_route(settings: Settings) -> None:
     conf = paths(settings)["nginx"] / "nginx.conf"
     say("  the gateway has no /bare/ route yet: rewriting its configuration and restarting nginx")
     conf.write_text(nginx_conf(settings))
-    rpc = supervisor_rpc(settings)
-    rpc.stopProcess("gateway")
-    rpc.startProcess("gateway")
+    try:
+        rpc = supervisor_rpc(settings)
+        if rpc.getProcessInfo("gateway")["statename"] == "RUNNING":
+            rpc.stopProcess("gateway")
+        rpc.startProcess("gateway")
+    except Exception as exc:  # OSError: no supervisor; xmlrpc's Fault: it refused
+        raise RuntimeError(f"cannot restart the lab's gateway through its supervisor ({exc}); "
+                           "`make down` then `make up` gives it the /bare/ route") from None
     await wait_healthy(f"{settings.gateway_url}/bare/healthz", timeout_s=10)
 
 
@@ -434,7 +439,10 @@ def main() -> None:
     problem = asyncio.run(lab_is_up(settings.gateway_url, args.variants))
     if problem:
         raise SystemExit(f"racelab bench: the lab is not serving: {problem}. Start it with `make up`.")
-    result = asyncio.run(measure(settings, args))
+    try:
+        result = asyncio.run(measure(settings, args))
+    except RuntimeError as exc:  # a step that could not be done: said in one line, no traceback
+        raise SystemExit(f"racelab bench: {exc}") from None
     text = table(result)
     out_dir = results_root() / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True)

@@ -301,12 +301,7 @@ def up(settings: Settings) -> int:
             say(f"resumed what a pause had left stopped (SIGCONT): {', '.join(resumed)}")
         say("`make status` shows its components, `make down` stops it.")
         return 0
-    orphans = lab_processes(settings)
-    if orphans:
-        # its supervisord was killed: its programs run on unsupervised and hold the lab's ports
-        say(f"racelab: the supervisord of {settings.state_dir} is gone, {len(orphans)} process(es) of its lab "
-            "still run: stopping them first")
-        down(settings, quiet=True)
+    stop_orphans(settings)
     run_as = postgres_user()
     svcs = services(settings, run_as)
     check_ports_free(settings, svcs)
@@ -322,6 +317,13 @@ def up(settings: Settings) -> int:
     for key in ("logs", "redis", "temporal", "supervisor", "nginx", "prometheus"):
         p[key].mkdir(parents=True, exist_ok=True)
     (p["nginx"] / "tmp").mkdir(exist_ok=True)
+    gateway = next(s for s in svcs if s.name == "gateway")
+    if gateway.run_as:  # it writes its pid file and request buffers there (made by root before)
+        pw = pwd.getpwnam(gateway.run_as)
+        os.chown(p["nginx"], pw.pw_uid, pw.pw_gid)
+        for d, subdirs, files in os.walk(p["nginx"] / "tmp"):
+            for name in [d, *(os.path.join(d, n) for n in subdirs + files)]:
+                os.chown(name, pw.pw_uid, pw.pw_gid)
     settings.state_dir.chmod(0o755)
     say(f"racelab: starting the native lab in {settings.state_dir}")
     init_postgres(settings, run_as)
@@ -363,14 +365,18 @@ def up(settings: Settings) -> int:
     return 0
 
 
-def lab_processes(settings: Settings) -> list[int]:
-    """Pids of this lab's processes: those carrying its marker in their environment or naming its
-    own paths on their command line, and all their descendants. (nginx and PostgreSQL rewrite their
-    process titles over the environment, so their children are found through the tree.)"""
+# the programs whose command lines name the lab's paths (supervisord runs as a script of Python)
+LAB_BINARIES = {b"supervisord", b"postgres", b"nginx", b"prometheus"}
+
+
+def lab_processes(settings: Settings, by_path: bool = True) -> list[int]:
+    """Pids of this lab's processes: those carrying its marker in their environment or (by_path)
+    a program of the lab naming its own paths on its command line, and all their descendants.
+    (PostgreSQL rewrites its children's titles over the environment: they are found through the
+    tree.) A `less` of its nginx.conf or a `tail -f` of a log is not the lab's."""
     marker = f"{MARKER}={settings.state_dir}".encode()
-    # paths only the lab's own command lines name (a `tail -f` of a log must not match)
     own_paths = [str(p).encode() for p in (supervisor_paths(settings)["conf"], paths(settings)["pgdata"],
-                                           paths(settings)["nginx"], paths(settings)["prometheus"])]
+                                           paths(settings)["nginx"], paths(settings)["prometheus"])] if by_path else []
     parents: dict[int, int] = {}
     roots: set[int] = set()
     for entry in Path("/proc").iterdir():
@@ -384,7 +390,9 @@ def lab_processes(settings: Settings) -> list[int]:
             env = (entry / "environ").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if marker in env.split(b"\0") or any(p in cmdline for p in own_paths):
+        argv = cmdline.split(b"\0")
+        if marker in env.split(b"\0") or (any(p in cmdline for p in own_paths)
+                                          and LAB_BINARIES & {os.path.basename(a) for a in argv[:2]}):
             roots.add(pid)
     found = set(roots)
     grew = True
@@ -393,6 +401,28 @@ def lab_processes(settings: Settings) -> list[int]:
         found |= children
         grew = bool(children)
     return sorted(found)
+
+
+def stop_orphans(settings: Settings) -> list[int]:
+    """Before `up` with no supervisord: stop the programs of this lab that a killed supervisord
+    left running (they hold the lab's ports). Returns their pids. A supervisord of this lab that
+    lost its pid file is not an orphan: refused, `down` stops it."""
+    orphans = lab_processes(settings, by_path=False)
+    if not orphans:
+        return []
+    conf = str(supervisor_paths(settings)["conf"]).encode()
+    for pid in lab_processes(settings):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[1] if len(argv) > 1 else b"") == b"supervisord" and conf in argv:
+            raise LabError(f"a supervisord of this lab runs (pid {pid}) but its pid file is gone; "
+                           "`make down` stops it, then `make up`")
+    say(f"racelab: the supervisord of {settings.state_dir} is gone, {len(orphans)} process(es) of its lab "
+        "still run: stopping them first")
+    down(settings, quiet=True)
+    return orphans
 
 
 def stop_in_waves(settings: Settings, timeout_s: float = 30.0) -> None:

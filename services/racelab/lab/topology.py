@@ -7,6 +7,8 @@ must be derived from this list too, so the two cannot drift. A service has a sta
 from __future__ import annotations
 
 import glob
+import os
+import pwd
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -61,6 +63,19 @@ def find_binary(name: str, *patterns: str) -> str:
         if matches:
             return matches[-1]
     raise FileNotFoundError(f"{name} not found on PATH; install it (make install)")
+
+
+def gateway_user() -> str | None:
+    """The account nginx runs as: not root. Without a master process (nginx_conf) it drops no
+    privileges itself, so under root (CI, a root shell) supervisor starts it as nobody; otherwise
+    it runs as the user who runs the lab."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    return "nobody"
 
 
 def venv_binary(name: str) -> str:
@@ -147,9 +162,13 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
     out.append(Service("checker", "app", (python, "-m", "racelab.checker.exporter", "--port", "{port}"),
                        (settings.checker_port,), "http"))
     out.append(Service("gateway", "gateway",
+                       # -e: its error log before it reads its configuration (the compiled-in
+                       # /var/log/nginx/error.log is not writable by its user)
                        (find_binary("nginx", "/usr/sbin/nginx"), "-p", str(p["nginx"]),
-                        "-c", str(p["nginx"] / "nginx.conf")),
-                       (settings.gateway_port,), "gateway", stop_signal="QUIT"))
+                        "-c", str(p["nginx"] / "nginx.conf"), "-e", "stderr"),
+                       # (without a master, QUIT ends it at once as TERM does: no drain of
+                       # requests in flight; the app stage stops after it in any case)
+                       (settings.gateway_port,), "gateway", stop_signal="QUIT", run_as=gateway_user()))
     out.append(Service("prometheus", "observability",
                        (find_binary("prometheus", "/usr/bin/prometheus"),
                         f"--config.file={p['prometheus'] / 'prometheus.yml'}",
@@ -243,8 +262,8 @@ daemon off;
 # One process, no master: with a master, a SIGKILL to it (the pid supervisor knows) left its
 # worker serving as an orphan that held the port, and each nginx supervisor restarted failed to
 # bind ("Address already in use") while the orphan ran on with the old configuration. One
-# process dies whole and comes back whole; one worker is what the lab ran anyway, and a
-# reload (make bench's /bare/ route) still works in this mode.
+# process dies whole and comes back whole; one worker is what the lab ran anyway. It cannot
+# reload (`nginx -s reload` left it refusing every connection): make bench restarts it instead.
 master_process off;
 pid {p['nginx'] / 'nginx.pid'};
 error_log stderr warn;
