@@ -324,6 +324,10 @@ def up(settings: Settings) -> int:
         for d, subdirs, files in os.walk(p["nginx"] / "tmp"):
             for name in [d, *(os.path.join(d, n) for n in subdirs + files)]:
                 os.chown(name, pw.pw_uid, pw.pw_gid)
+        runuser = find_binary("runuser", "/usr/sbin/runuser")
+        if subprocess.run([runuser, "-u", gateway.run_as, "--", "test", "-w", str(p["nginx"])]).returncode != 0:
+            raise LabError(f"user {gateway.run_as} (nginx) cannot reach {p['nginx']}: a parent directory is closed "
+                           "to it. Set RACELAB_STATE_DIR to a directory it can reach (default /var/tmp/racelab).")
     settings.state_dir.chmod(0o755)
     say(f"racelab: starting the native lab in {settings.state_dir}")
     init_postgres(settings, run_as)
