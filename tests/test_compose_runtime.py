@@ -15,7 +15,7 @@ import time
 import pytest
 
 from racelab.config import Settings
-from racelab.lab.native import process_state
+from racelab.lab.native import process_gone
 from racelab.nemesis.record import FaultRecord
 from racelab.nemesis.runtimes import ComposeRuntime, FaultError
 
@@ -176,10 +176,6 @@ def test_an_unpause_that_fails_while_stopping_is_reported(docker, monkeypatch, c
         await cancel_during_the_docker_command(docker, fault)  # during the pause's own unpause
     asyncio.run(main())
     assert "docker unpause cid-pod-locked-3 (while stopping): exit 1" in capsys.readouterr().err
-
-
-def process_gone(pid: int) -> bool:
-    return process_state(pid) in ("", "Z", "X")  # gone, or dead and not yet reaped
 
 
 def test_a_child_that_keeps_the_pipes_after_docker_exits_is_killed(docker, monkeypatch, tmp_path):

@@ -96,10 +96,9 @@ def supervisord_pid(settings: Settings) -> int | None:
     parent is a zombie: dead)."""
     try:
         pid = int(supervisor_paths(settings)["pid"].read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid if process_state(pid) not in ("", "Z") else None
+    return None if process_gone(pid) else pid
 
 
 def stopped_processes(settings: Settings) -> dict[str, int]:
@@ -133,6 +132,19 @@ def process_state(pid: int) -> str:
         return proc_stat(pid)[0]
     except (OSError, IndexError):
         return ""
+
+
+def process_gone(pid: int) -> bool:
+    """Gone, or dead and not yet reaped by its parent (a zombie)."""
+    return pid <= 0 or process_state(pid) in ("", "Z", "X")
+
+
+def check_writable_by(user: str, path: Path, program: str) -> None:
+    """A program run as another user (PostgreSQL, nginx under root) must reach its directory."""
+    runuser = find_binary("runuser", "/usr/sbin/runuser")  # in /usr/sbin: not on every PATH
+    if subprocess.run([runuser, "-u", user, "--", "test", "-w", str(path)]).returncode != 0:
+        raise LabError(f"user {user} ({program}) cannot write {path}: a parent directory is closed to it. "
+                       f"Set RACELAB_STATE_DIR to a directory it can reach (default /var/tmp/racelab).")
 
 
 def resume_stopped(settings: Settings) -> list[str]:
@@ -183,12 +195,8 @@ def init_postgres(settings: Settings, run_as: str | None) -> None:
     initdb = str(Path(postgres_bin).parent / "initdb")
     cmd = [initdb, "-D", str(pgdata), "-U", "racelab", "--auth=trust", "-E", "UTF8", "--no-instructions"]
     if run_as:
-        runuser = find_binary("runuser", "/usr/sbin/runuser")  # in /usr/sbin: not on every PATH
-        cmd = [runuser, "-u", run_as, "--"] + cmd
-        probe = subprocess.run([runuser, "-u", run_as, "--", "test", "-w", str(pgdata)])
-        if probe.returncode != 0:
-            raise LabError(f"user {run_as} cannot write {pgdata}: a parent directory is closed to it. "
-                           f"Set RACELAB_STATE_DIR to a directory it can reach (default /var/tmp/racelab).")
+        cmd = [find_binary("runuser", "/usr/sbin/runuser"), "-u", run_as, "--"] + cmd
+        check_writable_by(run_as, pgdata, "PostgreSQL")
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise LabError(f"initdb failed:\n{done.stdout}{done.stderr}")
@@ -324,10 +332,7 @@ def up(settings: Settings) -> int:
         for d, subdirs, files in os.walk(p["nginx"] / "tmp"):
             for name in [d, *(os.path.join(d, n) for n in subdirs + files)]:
                 os.chown(name, pw.pw_uid, pw.pw_gid)
-        runuser = find_binary("runuser", "/usr/sbin/runuser")
-        if subprocess.run([runuser, "-u", gateway.run_as, "--", "test", "-w", str(p["nginx"])]).returncode != 0:
-            raise LabError(f"user {gateway.run_as} (nginx) cannot reach {p['nginx']}: a parent directory is closed "
-                           "to it. Set RACELAB_STATE_DIR to a directory it can reach (default /var/tmp/racelab).")
+        check_writable_by(gateway.run_as, p["nginx"], "nginx")
     settings.state_dir.chmod(0o755)
     say(f"racelab: starting the native lab in {settings.state_dir}")
     init_postgres(settings, run_as)
@@ -476,8 +481,8 @@ def down(settings: Settings, quiet: bool = False) -> int:
         stop_in_waves(settings)
         supervisorctl(settings, "shutdown", check=False)
         deadline = time.monotonic() + 60
-        # the process itself, not its pidfile (removed first); a zombie has exited
-        while time.monotonic() < deadline and process_state(pid) not in ("", "Z"):
+        # the process itself, not its pidfile (removed first)
+        while time.monotonic() < deadline and not process_gone(pid):
             time.sleep(0.1)
     # Anything of this lab still alive (a child that ignored its stop signal, a supervisord
     # that was killed): terminate it, then kill what remains.
