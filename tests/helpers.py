@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -46,8 +47,9 @@ async def send_events(settings, variant: str, task_id: str, event_ids, first_seq
 
 
 async def get_state(settings, variant: str, task_id: str, agent_id: str = AGENT["id"]):
+    from urllib.parse import quote
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{settings.gateway_url}/{variant}/tasks/{task_id}/state",
+        async with session.get(f"{settings.gateway_url}/{variant}/tasks/{quote(task_id, safe='')}/state",
                                params={"agent_id": agent_id}) as resp:
             return resp.status, await resp.json()
 
@@ -109,3 +111,81 @@ async def stop_mid_pause(settings, cmd: list[str], sig, env: dict, pod: str = "p
             proc.kill()
             proc.wait()
         os.killpg(pid, signal.SIGCONT)  # never leave the session's pod stopped, whatever happened
+
+
+# ------------------------------------------------------------ a gateway's nginx.conf run on its own
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def nginx_running(conf_path, prefix, port: int):
+    """nginx with conf_path (prefix: its -p directory; the conf says `daemon off;`), once its
+    /healthz on port answers."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf_path), "-e", "stderr"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    assert resp.status == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.communicate()[1]
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def http(method: str, url: str, body: bytes | None = None):
+    """(status, headers, JSON body) of one request, the URL sent as given (already percent-encoded)."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.headers, json.loads(resp.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers, json.loads(refused.read())
+
+
+@contextlib.contextmanager
+def path_echo():
+    """An HTTP server on 127.0.0.1 standing in for a pod: answers every request with the path
+    (and query) it was sent, as JSON. Yields its port."""
+    import http.server
+    import threading
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"path": self.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,7 +5,7 @@ import json
 import aiohttp
 import pytest
 
-from racelab.clients.burst import event_send
+from racelab.clients.burst import AGENT, event_send
 from helpers import new_id, post, send_event, table_counts
 
 
@@ -64,6 +64,17 @@ def with_event(**fields):
     return d
 
 
+def with_agent_id(agent_id: str):
+    d = valid()
+    d["params"]["agent"]["id"] = d["params"]["task"]["agent_id"] = d["params"]["event"]["agent_id"] = agent_id
+    return d
+
+
+def task_create(task_id: str):
+    return {"jsonrpc": "2.0", "id": 1, "method": "task/create",
+            "params": {"agent": dict(AGENT), "task": {"id": task_id, "agent_id": AGENT["id"]}}}
+
+
 # issue 9: what used to answer 500 (or could), and what each gets now: the status and JSON-RPC code.
 # -32700: not UTF-8 / not JSON (NaN, Infinity); -32600: nesting, or a bad value outside "params";
 # -32602: a bad value inside "params".
@@ -95,6 +106,13 @@ CASES.update({
     "duplicate event.id": dict(raw=raw_valid('"id": "bad-input-event"', '"id": "bad-input-event", "id": "other"'),
                                code=-32602, status=400),
     "event.id of 257 characters": dict(body=with_event(id="e" * 257), code=-32602, status=400),
+    # under 256 characters, over 768 bytes of UTF-8: Temporal refuses a workflow id over 1,000 bytes,
+    # and the temporal variant acked such a task id, then never applied it
+    "task.id of 193 emoji (772 bytes)": dict(body=valid(task="\U0001F600" * 193), code=-32602, status=400),
+    "agent.id of 193 emoji (772 bytes)": dict(body=with_agent_id("\U0001F600" * 193), code=-32602, status=400),
+    "event.id of 193 emoji (772 bytes)": dict(body=with_event(id="\U0001F600" * 193), code=-32602, status=400),
+    # (temporal: refused by Temporal after the task's row was written, which stayed)
+    "task/create with a task.id of 193 emoji": dict(body=task_create("\U0001F600" * 193), code=-32602, status=400),
     "blank task.id": dict(raw=raw_valid('"id": "bad-input-task"', '"id": "  "'), code=-32602, status=400),
     "content 2.4 MB escaped (emoji)": dict(raw=raw_valid('"hi"', '"' + "\U0001F600" * 200_000 + '"'),
                                           code=-32602, status=400),
@@ -166,6 +184,7 @@ STATE_CASES = {  # path and query after /tasks/ -> (status, JSON-RPC code)
     "empty agent_id": ("t/state?agent_id=", 400, -32602),
     "agent_id of 257 characters": ("t/state?agent_id=" + "a" * 257, 400, -32602),
     "task id of 257 characters": ("t" * 257 + "/state?agent_id=a", 400, -32602),
+    "task id of 193 emoji (772 bytes)": ("%F0%9F%98%80" * 193 + "/state?agent_id=a", 400, -32602),
     "NUL in task id": ("a%00b/state?agent_id=a", 400, -32602),
     "invalid UTF-8 in task id": ("a%FF%FEb/state?agent_id=a", 404, -32602),
     "UTF-8 surrogate in agent_id": ("t/state?agent_id=%ED%A0%80", 404, -32602),

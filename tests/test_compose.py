@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -460,64 +459,80 @@ def test_make_turns_variants_into_compose_profiles(make_variants, profiles, vari
     assert env.stdout.split() == [profiles, variants], env.stderr
 
 
-def test_gateway_starts_without_the_zoo_and_answers_its_variants_with_503(tmp_path):
-    """The compose nginx.conf with every zoo pod absent: Docker's DNS answers NXDOMAIN for a
-    service that was not started. nginx must start (it resolves nothing at start) and answer a
-    request to such a variant with the gateway's JSON-RPC 503, not fail or hang. Here a stub DNS
-    server answering NXDOMAIN to everything stands in for 127.0.0.11."""
+def stub_dns(answers: dict[str, str]):
+    """A DNS server on 127.0.0.1 standing in for Docker's (127.0.0.11): an A record for each name
+    in answers, NXDOMAIN for every other name, as Docker answers for a service not started.
+    Returns (port, stop)."""
     import socket
     import threading
-    import urllib.error
-    import urllib.request
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns.bind(("127.0.0.1", 0))
     dns.settimeout(0.2)
-    stop = threading.Event()
+    stopping = threading.Event()
 
-    def nxdomain() -> None:
-        while not stop.is_set():
+    def serve() -> None:
+        while not stopping.is_set():
             try:
                 query, peer = dns.recvfrom(512)
             except socket.timeout:
                 continue
-            # same id and question; flags: response, recursion desired + available, rcode 3 (NXDOMAIN)
-            dns.sendto(query[:2] + b"\x81\x83" + query[4:6] + b"\x00\x00\x00\x00\x00\x00" + query[12:], peer)
-    server = threading.Thread(target=nxdomain, daemon=True)
+            labels, i = [], 12
+            while query[i]:
+                labels.append(query[i + 1:i + 1 + query[i]].decode())
+                i += 1 + query[i]
+            question = query[12:i + 5]  # the name, its type and class
+            address = answers.get(".".join(labels))
+            if address is None:  # response, recursion desired + available, rcode 3 (NXDOMAIN)
+                dns.sendto(query[:2] + b"\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + question, peer)
+            else:  # one answer: a pointer to the question's name, type A, class IN, TTL 5 s, 4 bytes
+                dns.sendto(query[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question
+                           + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x05\x00\x04" + socket.inet_aton(address), peer)
+    server = threading.Thread(target=serve, daemon=True)
     server.start()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    conf = (ROOT / "compose" / "nginx.conf").read_text()
-    conf = conf.replace("resolver 127.0.0.11", f"resolver 127.0.0.1:{dns.getsockname()[1]}")
-    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};").replace("pid /tmp/nginx.pid;",
-                                                                          f"pid {tmp_path}/nginx.pid;")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "nginx.conf").write_text(conf)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(50):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                    assert resp.status == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None, proc.communicate()[1]
-                time.sleep(0.1)
-        for path in ("/queue/api", "/agent/api", "/agentex/states"):  # a zoo variant, the agent (no AGENT=)
-            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}",
-                                             headers={"Content-Type": "application/json"})
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, timeout=10)
-            assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1", path
-            assert json.loads(refused.value.read())["error"]["code"] == -32001, path
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        stop.set()
+
+    def stop() -> None:
+        stopping.set()
         server.join(5)
         dns.close()
+    return dns.getsockname()[1], stop
+
+
+def test_compose_gateway_routes_through_docker_dns_and_answers_json_for_the_rest(tmp_path):
+    """The compose nginx.conf, run by a real nginx with a stub DNS in Docker's place: pod-locked and
+    pod-agent resolve (a path echo stands in for their pods), every other name is NXDOMAIN (the zoo
+    without its profile, the agent without AGENT=). nginx must start (it resolves nothing at
+    start); a pod gets the client's own path minus the prefix, percent-encoding and slashes as
+    sent (a task id "a/b" is one segment, %2F); a variant not started gets the gateway's JSON-RPC
+    503; a path under no variant a JSON-RPC 404, never nginx's HTML page."""
+    from helpers import free_port, http, nginx_running, path_echo
+    dns_port, stop_dns = stub_dns({"pod-locked": "127.0.0.1", "pod-agent": "127.0.0.1"})
+    port = free_port()
+    try:
+        with path_echo() as echo:
+            conf = "daemon off;\n" + (ROOT / "compose" / "nginx.conf").read_text()
+            conf = conf.replace("resolver 127.0.0.11", f"resolver 127.0.0.1:{dns_port}")
+            conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};").replace(
+                "pid /tmp/nginx.pid;", f"pid {tmp_path}/nginx.pid;").replace(f":{APP_PORT}", f":{echo}")
+            (tmp_path / "nginx.conf").write_text(conf)
+            with nginx_running(tmp_path / "nginx.conf", tmp_path, port):
+                g = f"http://127.0.0.1:{port}"
+                for sent, seen in (("/locked/tasks/a%2Fb/state?agent_id=x", "/tasks/a%2Fb/state?agent_id=x"),
+                                   ("/locked/tasks/a//b/state?agent_id=x", "/tasks/a//b/state?agent_id=x"),
+                                   ("/locked/tasks/%E7%95%8C%20x/state", "/tasks/%E7%95%8C%20x/state"),
+                                   ("/agent/tasks/a%2Fb/state", "/acp/tasks/a%2Fb/state"),
+                                   ("/agentex/states?task_id=t", "/states?task_id=t")):
+                    status, _, body = http("GET", g + sent)
+                    assert (status, body) == (200, {"path": seen}), sent
+                assert http("POST", g + "/locked/api", b"{}")[2] == {"path": "/api"}
+                for path in ("/queue/api", "/agent-pods/x"):  # a zoo variant not started, the agent's own pods
+                    status, headers, body = http("POST", g + path, b"{}")
+                    assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), path
+                for path in ("/nope/api", "/"):
+                    status, headers, body = http("GET", g + path)
+                    assert (status, body["jsonrpc"], body["error"]["code"]) == (404, "2.0", -32600), path
+                    assert headers["Content-Type"].startswith("application/json"), path
+    finally:
+        stop_dns()
 
 
 # ---------------------------------------------------------------- issue 13: variant "agent" with Docker (AGENT=)
@@ -636,10 +651,10 @@ def test_agent_services_agree_with_the_native_topology(agent_config):
 def test_agent_routes_of_the_compose_gateway():
     """/agent/ -> the API's ACP front, /agentex/ -> its REST API, /agent-pods/ -> the agent, as natively."""
     conf = (ROOT / "compose" / "nginx.conf").read_text()
-    for prefix, name, path in (("agent", "pod-agent", "/acp/"), ("agentex", "pod-agent", "/"),
-                               ("agent-pods", "agent", "/")):
+    for prefix, name, path in (("agent", "pod-agent", "/acp"), ("agentex", "pod-agent", ""),
+                               ("agent-pods", "agent", "")):
         block = re.search(rf"location /{prefix}/ \{{(.*?)\}}", conf, re.S).group(1)
-        assert f"set $pods {name};" in block and f"rewrite ^/{prefix}/(.*)$ {path}$1 break;" in block, prefix
+        assert f"set $pods {name};" in block and f"proxy_pass http://$pods:{APP_PORT}{path}$pod_uri;" in block, prefix
     native = nginx_parts(Settings(state_dir=Path("/unused"), agent_path=str(AGENT_DIR)))[1]
     assert [re.match(r"\s*location /([\w-]+)/", line).group(1) for line in native] == ["agent", "agentex", "agent-pods"]
     assert "pod-agent" in (ROOT / "compose" / "prometheus.yml").read_text()

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from racelab.config import Settings
-from racelab.lab.native import MARKER, LabError, stop_orphans, supervisor_paths, supervisord_pid
+from racelab.lab.native import MARKER, LabError, status, stop_orphans, supervisor_paths, supervisord_pid
 from racelab.lab.topology import paths
 
 
@@ -41,11 +41,11 @@ def start(argv, env=None):
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_up_stops_what_a_killed_supervisord_left_running_and_nothing_else(tmp_path, monkeypatch):
+def test_up_stops_what_a_killed_supervisord_left_running_and_nothing_else(tmp_path, monkeypatch, capsys):
     """Programs a killed supervisord left behind carry the lab's marker: `up` stops them before it
     starts the lab (they hold its ports). A process that only names the lab's files (a `less` of
     its nginx.conf) is not the lab's, and a supervisord of the lab that lost its pid file is
-    refused, not killed."""
+    refused, not killed. Meanwhile `make status` says what runs, and exits 1 (not 3, not running)."""
     monkeypatch.setenv("RACELAB_STATE_DIR", str(tmp_path))
     settings = Settings.from_env()
     nginx_conf = paths(settings)["nginx"] / "nginx.conf"
@@ -65,10 +65,14 @@ def test_up_stops_what_a_killed_supervisord_left_running_and_nothing_else(tmp_pa
         finally:
             supervisord.kill()
             supervisord.wait()
+        # make status: not "racelab is not running" while its programs serve on
+        assert status(settings) == 1
+        assert "no supervisord, but 1 of its processes still run" in capsys.readouterr().out
         assert stop_orphans(settings) == [orphan.pid]
         assert orphan.wait(timeout=15) is not None
         assert reader.poll() is None, "a process that only reads the lab's files was stopped"
         assert stop_orphans(settings) == []
+        assert status(settings) == 3
     finally:
         for p in (orphan, reader):
             p.kill()

@@ -23,6 +23,10 @@ UNAVAILABLE = -32001  # server error (-32000..-32099): a dependency is down; HTT
 
 METHODS = ("task/create", "event/send", "task/cancel")
 MAX_ID_LENGTH = 256
+# ...and as UTF-8: Temporal refuses a workflow id over 1,000 bytes (the workflow id is the task id,
+# "temporal-naive/" + it in the zoo), and an id it refused after the ack was never applied, so 256
+# characters of emoji (1,024 bytes) were acked and lost. 768: any 256 characters of the BMP.
+MAX_ID_BYTES = 768
 MAX_BODY_BYTES = 1024 * 1024  # a larger body is refused with 413 before it is parsed
 # What every stored value must satisfy (PostgreSQL text/jsonb, asyncpg's json.dumps, Temporal's
 # JSON payloads), checked once over the whole parsed request, for every variant:
@@ -219,7 +223,8 @@ def validate_document(doc: Any, rpc_id: Any = None) -> None:
 
 def check_identifier(value: Any, where: str, rpc_id: Any = None) -> str:
     """An id that becomes a key in PostgreSQL and Temporal: a non-blank string of at most
-    MAX_ID_LENGTH characters, without NUL characters or lone surrogates."""
+    MAX_ID_LENGTH characters and MAX_ID_BYTES bytes of UTF-8, without NUL characters or lone
+    surrogates."""
     if not isinstance(value, str) or not value.strip():
         raise RpcError(INVALID_PARAMS, f'invalid params: "{where}" must be a non-empty string', rpc_id=rpc_id)
     if len(value) > MAX_ID_LENGTH:
@@ -228,6 +233,9 @@ def check_identifier(value: Any, where: str, rpc_id: Any = None) -> str:
     problem = _bad_string(value)
     if problem:
         raise RpcError(INVALID_PARAMS, f'invalid params: "{where}" {problem}', rpc_id=rpc_id)
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise RpcError(INVALID_PARAMS, f'invalid params: "{where}" is longer than {MAX_ID_BYTES} bytes in UTF-8',
+                       rpc_id=rpc_id)
     return value
 
 

@@ -104,7 +104,8 @@ def nginx_parts(settings: Settings) -> tuple[list[str], list[str]]:
     from ..lab.topology import nginx_upstream
     upstreams = [nginx_upstream("agent_pods", (f"{settings.host}:{settings.agent_port(i)}"
                                                for i in range(1, settings.replicas + 1)))]
-    locations = [f"        location /{AGENT_VARIANT}/ {{ proxy_pass http://{AGENT_VARIANT}/acp/; }}",
-                 f"        location /agentex/ {{ proxy_pass http://{AGENT_VARIANT}/; proxy_buffering off; }}",
-                 "        location /agent-pods/ { proxy_pass http://agent_pods/; }"]
+    # $pod_uri: the request's own URI minus its first segment (topology.GATEWAY_PROXY)
+    locations = [f"        location /{AGENT_VARIANT}/ {{ proxy_pass http://{AGENT_VARIANT}/acp$pod_uri; }}",
+                 f"        location /agentex/ {{ proxy_pass http://{AGENT_VARIANT}$pod_uri; proxy_buffering off; }}",
+                 "        location /agent-pods/ { proxy_pass http://agent_pods$pod_uri; }"]
     return upstreams, locations

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import aiohttp
 
@@ -155,7 +156,7 @@ async def delayed(delay_s: float, coro):
 async def fetch_states(base_url: str, ledger: Ledger) -> dict[tuple[str, str], dict | None]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         async def one(variant: str, task_id: str):
-            url = f"{base_url}/{variant}/tasks/{task_id}/state"
+            url = f"{base_url}/{variant}/tasks/{quote(task_id, safe='')}/state"  # an id may hold "/"
             async with session.get(url, params={"agent_id": AGENT["id"]}) as resp:
                 return (variant, task_id), (await resp.json())["state"] if resp.status == 200 else None
         return dict(await asyncio.gather(*(one(v, t) for v, t in ledger.acked)))

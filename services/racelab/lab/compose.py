@@ -366,21 +366,21 @@ def compose_nginx_conf() -> str:
     A variant whose pods were not started (a zoo profile not enabled) has no name to resolve:
     nginx still starts (nothing is resolved at start) and answers its requests with the gateway's
     JSON-RPC 503 (error_page 502: "no pod of this variant answered")."""
+    # $pod_uri: the request's own URI minus its first segment (topology.GATEWAY_PROXY); a rewrite
+    # would send the decoded, slash-merged path
     locations = "\n".join(
         f"        location /{v}/ {{\n"
         f"            set $pods pod-{v};\n"
-        f"            rewrite ^/{v}/(.*)$ /$1 break;\n"
-        f"            proxy_pass http://$pods:{APP_PORT};\n"
+        f"            proxy_pass http://$pods:{APP_PORT}$pod_uri;\n"
         f"        }}" for v in VARIANTS)
     # variant "agent" (compose/agent.yml), as natively (racelab.agentex.lab.nginx_parts): /agent/ ->
     # the Agentex API's ACP front, /agentex/ -> its REST API, /agent-pods/ -> the user's agent
     locations += "\n" + "\n".join(
         f"        location /{prefix}/ {{\n"
         f"            set $pods {name};\n"
-        f"            rewrite ^/{prefix}/(.*)$ /{path}$1 break;\n"
-        f"            proxy_pass http://$pods:{APP_PORT};{extra}\n"
+        f"            proxy_pass http://$pods:{APP_PORT}{path}$pod_uri;{extra}\n"
         f"        }}" for prefix, name, path, extra in (
-            (AGENT_VARIANT, f"pod-{AGENT_VARIANT}", "acp/", ""),
+            (AGENT_VARIANT, f"pod-{AGENT_VARIANT}", "/acp", ""),
             ("agentex", f"pod-{AGENT_VARIANT}", "", "\n            proxy_buffering off;"),
             ("agent-pods", "agent", "", "")))
     return f"""{HEADER}worker_processes 1;

@@ -510,6 +510,11 @@ def down(settings: Settings, quiet: bool = False) -> int:
 def status(settings: Settings) -> int:
     pid = supervisord_pid(settings)
     if pid is None:
+        orphans = lab_processes(settings, by_path=False)
+        if orphans:  # a killed supervisord: its programs serve on, unsupervised (none restarts)
+            say(f"racelab in {settings.state_dir} has no supervisord, but {len(orphans)} of its processes still "
+                "run, unsupervised: `make up` stops them and starts the lab again, `make down` stops them.")
+            return 1
         say(f"racelab is not running (state dir {settings.state_dir}). Start it with `make up`.")
         return 3
     svcs = services(settings, postgres_user())

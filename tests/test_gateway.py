@@ -1,0 +1,74 @@
+"""The native gateway (nginx): a task id travels through it as one path segment whatever it holds,
+and what it does not serve gets a JSON-RPC error, never nginx's HTML page."""
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import free_port, get_state, http, new_id, nginx_running, path_echo, send_event, wait_until
+from racelab.config import AGENT_VARIANT, ALL_VARIANTS, Settings
+from racelab.lab.topology import nginx_conf, paths
+
+EXAMPLE_AGENT = Path(__file__).resolve().parents[1] / "examples" / "agents" / "race-prone"
+# ids a URL path must carry percent-encoded: "/" (nginx decoded and re-split it: GET
+# /<variant>/tasks/a%2Fb/state reached the pod as /tasks/a/b/state, a 404), "//" (merged into one),
+# a literal "%2F", "?" and "#", a leading "/", "..", and 256 characters of 3-byte UTF-8 (768 bytes,
+# the most an id may hold)
+PATH_IDS = ("a/b", "a//b", "a%2Fb", "q?x#y", "/lead", "..", "sp ace+plus")
+
+
+@pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
+async def test_task_ids_with_path_characters_round_trip_through_the_gateway(lab, variant):
+    tag = new_id("")[-6:]
+    tasks = [f"{t}-{tag}" for t in PATH_IDS] + ["界" * (256 - len(tag)) + tag]
+    sent = {}
+    for task in tasks:
+        sent[task] = new_id("ev")
+        status, reply = await send_event(lab.settings, variant, task, sent[task])
+        assert (status, reply.get("result")) == (200, {"status": "processing"}), (task, reply)
+
+    async def all_applied():
+        for task, event_id in sent.items():
+            status, body = await get_state(lab.settings, variant, task)
+            if status != 200 or event_id not in body["state"]["history"]:
+                return False
+        return True
+    assert await wait_until(all_applied, timeout_s=30), [
+        (task, await get_state(lab.settings, variant, task)) for task in tasks]
+
+
+def test_native_gateway_passes_the_path_as_sent_and_answers_json_for_the_rest(tmp_path):
+    """The native nginx.conf of a lab running `locked` and an agent (AGENT=), run by a real nginx
+    with a path echo in place of every pod: each route passes the client's own path minus its
+    prefix; a variant the lab does not run gets the gateway's JSON-RPC 503 with Retry-After (as with
+    Docker Compose); a path under no variant a JSON-RPC 404."""
+    port = free_port()
+    settings = Settings(state_dir=tmp_path, gateway_port=port, variants=("locked", AGENT_VARIANT),
+                        agent_path=str(EXAMPLE_AGENT))
+    nginx_dir = paths(settings)["nginx"]
+    (nginx_dir / "tmp").mkdir(parents=True)
+    with path_echo() as echo:
+        conf = re.sub(r"server 127\.0\.0\.1:\d+;", f"server 127.0.0.1:{echo};", nginx_conf(settings))
+        (nginx_dir / "nginx.conf").write_text(conf)
+        with nginx_running(nginx_dir / "nginx.conf", nginx_dir, port):
+            g = f"http://127.0.0.1:{port}"
+            for sent, seen in (("/locked/tasks/a%2Fb/state?agent_id=x", "/tasks/a%2Fb/state?agent_id=x"),
+                               ("/locked/tasks/a//b/state?agent_id=x", "/tasks/a//b/state?agent_id=x"),
+                               ("/locked/tasks/%E7%95%8C%20x/state", "/tasks/%E7%95%8C%20x/state"),
+                               ("/agent/tasks/a%2Fb/state", "/acp/tasks/a%2Fb/state"),
+                               ("/agentex/states?task_id=t", "/states?task_id=t"),
+                               ("/agent-pods/api", "/api"),
+                               ("/bare/api", "/api")):
+                status, _, body = http("GET", g + sent)
+                assert (status, body) == (200, {"path": seen}), sent
+            assert http("POST", g + "/locked/api", b"{}")[2] == {"path": "/api"}
+            for variant in ALL_VARIANTS:
+                if variant == "locked":
+                    continue
+                status, headers, body = http("POST", f"{g}/{variant}/api", b"{}")
+                assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), variant
+                assert f"variant {variant} is not running" in body["error"]["message"]
+            for path in ("/nope/api", "/", "/lockedx/api"):
+                status, headers, body = http("GET", g + path)
+                assert (status, body["jsonrpc"], body["error"]["code"]) == (404, "2.0", -32600), path
+                assert headers["Content-Type"].startswith("application/json"), path
