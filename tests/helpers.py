@@ -11,7 +11,7 @@ import aiohttp
 
 from racelab import db
 from racelab.checker.quiescence import wait_for_quiescence
-from racelab.clients.burst import AGENT, event_send
+from racelab.clients.burst import AGENT, event_send, state_url
 
 
 def new_id(prefix: str) -> str:
@@ -47,10 +47,8 @@ async def send_events(settings, variant: str, task_id: str, event_ids, first_seq
 
 
 async def get_state(settings, variant: str, task_id: str, agent_id: str = AGENT["id"]):
-    from urllib.parse import quote
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{settings.gateway_url}/{variant}/tasks/{quote(task_id, safe='')}/state",
-                               params={"agent_id": agent_id}) as resp:
+        async with session.get(state_url(settings.gateway_url, variant, task_id, agent_id)) as resp:
             return resp.status, await resp.json()
 
 
@@ -143,6 +141,8 @@ def nginx_running(conf_path, prefix, port: int):
             except (urllib.error.URLError, ConnectionError):
                 assert proc.poll() is None, proc.communicate()[1]
                 time.sleep(0.1)
+        else:
+            raise AssertionError(f"nginx did not answer on port {port} in 5 s")
         yield proc
     finally:
         proc.terminate()

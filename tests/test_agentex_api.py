@@ -3,7 +3,9 @@ process, on the session lab's PostgreSQL, with a fake agent that records what it
 real SDK's round trip and the real agents run in `make test-agent` (tests/test_agent_examples.py)."""
 from __future__ import annotations
 
+import base64
 import json
+import os
 import uuid
 
 import aiohttp
@@ -118,3 +120,18 @@ async def test_model_stub_records_the_effect_of_the_event_it_served(stack):
     rows = await pool.fetch("SELECT event_id FROM effects WHERE variant = 'agent' AND task_id = $1", task)
     assert [r["event_id"] for r in rows] == [e1, e1]  # two calls for one event: a duplicate side effect
     assert (await http.post(f"{stub}/v1/chat/completions", json={"messages": [{"role": "user", "content": "?"}]})).status == 200
+
+
+async def test_a_long_event_text_is_recorded_and_attributed(stack):
+    """An event text of 12,000 characters that does not compress: the model stub's index on the text
+    itself refused it (400, a btree entry holds at most ~2.7 kB) though content up to 512 KiB is
+    allowed; its index is on the text's md5, and the stub still finds the event behind a call."""
+    http, api, stub, pool = stack["http"], stack["api"], stack["stub"], stack["pool"]
+    task, e1 = f"api-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    text = base64.b64encode(os.urandom(9000)).decode()
+    resp = await http.post(f"{api}/acp/api", json=send(task, e1, text))
+    assert resp.status == 200 and (await resp.json())["result"] == {"status": "processing"}
+    messages = [{"role": "user", "content": text}]
+    assert (await http.post(f"{stub}/v1/chat/completions", json={"model": "m", "messages": messages})).status == 200
+    rows = await pool.fetch("SELECT event_id FROM effects WHERE variant = 'agent' AND task_id = $1", task)
+    assert [r["event_id"] for r in rows] == [e1]

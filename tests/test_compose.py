@@ -520,7 +520,8 @@ def test_compose_gateway_routes_through_docker_dns_and_answers_json_for_the_rest
                                    ("/locked/tasks/a//b/state?agent_id=x", "/tasks/a//b/state?agent_id=x"),
                                    ("/locked/tasks/%E7%95%8C%20x/state", "/tasks/%E7%95%8C%20x/state"),
                                    ("/agent/tasks/a%2Fb/state", "/acp/tasks/a%2Fb/state"),
-                                   ("/agentex/states?task_id=t", "/states?task_id=t")):
+                                   ("/agentex/states?task_id=t", "/states?task_id=t"),
+                                   ("//locked/api", "/api")):
                     status, _, body = http("GET", g + sent)
                     assert (status, body) == (200, {"path": seen}), sent
                 assert http("POST", g + "/locked/api", b"{}")[2] == {"path": "/api"}

@@ -12,15 +12,19 @@ from racelab.lab.topology import nginx_conf, paths
 EXAMPLE_AGENT = Path(__file__).resolve().parents[1] / "examples" / "agents" / "race-prone"
 # ids a URL path must carry percent-encoded: "/" (nginx decoded and re-split it: GET
 # /<variant>/tasks/a%2Fb/state reached the pod as /tasks/a/b/state, a 404), "//" (merged into one),
-# a literal "%2F", "?" and "#", a leading "/", "..", and 256 characters of 3-byte UTF-8 (768 bytes,
+# a literal "%2F", "?" and "#", a leading "/", dots, and 256 characters of 3-byte UTF-8 (768 bytes,
 # the most an id may hold)
-PATH_IDS = ("a/b", "a//b", "a%2Fb", "q?x#y", "/lead", "..", "sp ace+plus")
+PATH_IDS = ("a/b", "a//b", "a%2Fb", "q?x#y", "/lead", "..x", "sp ace+plus")
 
 
 @pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
 async def test_task_ids_with_path_characters_round_trip_through_the_gateway(lab, variant):
     tag = new_id("")[-6:]
-    tasks = [f"{t}-{tag}" for t in PATH_IDS] + ["界" * (256 - len(tag)) + tag]
+    cjk_tag = "".join(chr(0x4E00 + int(c, 16)) for c in tag)
+    # "." and ".." whole (a path segment a client or nginx would resolve): the same task in every
+    # run, told apart by its event ids
+    tasks = [f"{t}-{tag}" for t in PATH_IDS] + [".", "..", "界" * (256 - len(cjk_tag)) + cjk_tag]
+    assert len(tasks[-1]) == 256 and len(tasks[-1].encode()) == 768
     sent = {}
     for task in tasks:
         sent[task] = new_id("ev")
@@ -58,7 +62,9 @@ def test_native_gateway_passes_the_path_as_sent_and_answers_json_for_the_rest(tm
                                ("/agent/tasks/a%2Fb/state", "/acp/tasks/a%2Fb/state"),
                                ("/agentex/states?task_id=t", "/states?task_id=t"),
                                ("/agent-pods/api", "/api"),
-                               ("/bare/api", "/api")):
+                               ("/bare/api", "/api"),
+                               ("//locked/api", "/api"),  # (a gateway URL ending in "/")
+                               ("/locked/tasks/%2E%2E/state", "/tasks/%2E%2E/state")):
                 status, _, body = http("GET", g + sent)
                 assert (status, body) == (200, {"path": seen}), sent
             assert http("POST", g + "/locked/api", b"{}")[2] == {"path": "/api"}
@@ -72,3 +78,18 @@ def test_native_gateway_passes_the_path_as_sent_and_answers_json_for_the_rest(tm
                 status, headers, body = http("GET", g + path)
                 assert (status, body["jsonrpc"], body["error"]["code"]) == (404, "2.0", -32600), path
                 assert headers["Content-Type"].startswith("application/json"), path
+
+
+def test_native_gateway_without_an_agent_says_how_to_start_one(tmp_path):
+    """Without AGENT=, the agent's routes (/agent/, /agentex/, /agent-pods/) answer the gateway's
+    JSON-RPC 503 naming `make up AGENT=`, as a zoo variant that does not run names VARIANTS=all."""
+    port = free_port()
+    settings = Settings(state_dir=tmp_path, gateway_port=port)
+    nginx_dir = paths(settings)["nginx"]
+    (nginx_dir / "tmp").mkdir(parents=True)
+    (nginx_dir / "nginx.conf").write_text(nginx_conf(settings))
+    with nginx_running(nginx_dir / "nginx.conf", nginx_dir, port):
+        for path in ("/agent/api", "/agentex/tasks", "/agent-pods/api"):
+            status, headers, body = http("POST", f"http://127.0.0.1:{port}{path}", b"{}")
+            assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), path
+            assert "make up AGENT=" in body["error"]["message"], path

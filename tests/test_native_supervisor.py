@@ -62,6 +62,8 @@ def test_up_stops_what_a_killed_supervisord_left_running_and_nothing_else(tmp_pa
             with pytest.raises(LabError, match=f"pid {supervisord.pid}"):
                 stop_orphans(settings)
             assert orphan.poll() is None
+            assert status(settings) == 1
+            assert f"its supervisord runs (pid {supervisord.pid}) but its pid file is gone" in capsys.readouterr().out
         finally:
             supervisord.kill()
             supervisord.wait()

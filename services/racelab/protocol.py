@@ -24,8 +24,8 @@ UNAVAILABLE = -32001  # server error (-32000..-32099): a dependency is down; HTT
 METHODS = ("task/create", "event/send", "task/cancel")
 MAX_ID_LENGTH = 256
 # ...and as UTF-8: Temporal refuses a workflow id over 1,000 bytes (the workflow id is the task id,
-# "temporal-naive/" + it in the zoo), and an id it refused after the ack was never applied, so 256
-# characters of emoji (1,024 bytes) were acked and lost. 768: any 256 characters of the BMP.
+# "temporal-naive/" + it in the zoo), and an id it refused after the ack was never applied: a task
+# id of 250 emoji and 4 letters (1,004 bytes) was acked and lost. 768: any 256 characters of the BMP.
 MAX_ID_BYTES = 768
 MAX_BODY_BYTES = 1024 * 1024  # a larger body is refused with 413 before it is parsed
 # What every stored value must satisfy (PostgreSQL text/jsonb, asyncpg's json.dumps, Temporal's

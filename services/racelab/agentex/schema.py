@@ -68,8 +68,11 @@ CREATE TABLE IF NOT EXISTS agentex_spans (
     trace_id text,
     doc      jsonb NOT NULL
 );
--- the model stub attributes a call to the event whose text it carries (racelab.modelstub)
-CREATE INDEX IF NOT EXISTS events_agent_text ON events ((content->>'content')) WHERE variant = 'agent';
+-- the model stub attributes a call to the event whose text it carries (racelab.modelstub); by the
+-- text's md5: a btree entry of the text itself holds at most ~2.7 kB, so an event with a longer
+-- text that did not compress was refused (400, ProgramLimitExceeded) though 512 KiB is allowed
+DROP INDEX IF EXISTS events_agent_text;
+CREATE INDEX IF NOT EXISTS events_agent_text_md5 ON events (md5(content->>'content')) WHERE variant = 'agent';
 """
 
 

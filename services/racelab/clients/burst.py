@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import aiohttp
+import yarl
 
 from ..checker.ledger import LedgerEntry, LedgerWriter
 from ..checker.quiescence import verdict, wait_for_quiescence
@@ -153,11 +154,19 @@ async def delayed(delay_s: float, coro):
     return await coro
 
 
+def state_url(base_url: str, variant: str, task_id: str, agent_id: str = AGENT["id"]) -> yarl.URL:
+    """GET /<variant>/tasks/<task id>/state?agent_id=...: the task id as one path segment whatever
+    it holds, every character but letters, digits, "-" and "_" percent-encoded ("/", and "." too:
+    a task id "." or ".." would be resolved as a path segment), sent as written."""
+    segment = quote(task_id, safe="").replace(".", "%2E")
+    return yarl.URL(f"{base_url.rstrip('/')}/{variant}/tasks/{segment}/state?agent_id={quote(agent_id, safe='')}",
+                    encoded=True)
+
+
 async def fetch_states(base_url: str, ledger: Ledger) -> dict[tuple[str, str], dict | None]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         async def one(variant: str, task_id: str):
-            url = f"{base_url}/{variant}/tasks/{quote(task_id, safe='')}/state"  # an id may hold "/"
-            async with session.get(url, params={"agent_id": AGENT["id"]}) as resp:
+            async with session.get(state_url(base_url, variant, task_id)) as resp:
                 return (variant, task_id), (await resp.json())["state"] if resp.status == 200 else None
         return dict(await asyncio.gather(*(one(v, t) for v, t in ledger.acked)))
 

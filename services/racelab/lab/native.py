@@ -412,13 +412,9 @@ def lab_processes(settings: Settings, by_path: bool = True) -> list[int]:
     return sorted(found)
 
 
-def stop_orphans(settings: Settings) -> list[int]:
-    """Before `up` with no supervisord: stop the programs of this lab that a killed supervisord
-    left running (they hold the lab's ports). Returns their pids. A supervisord of this lab that
-    lost its pid file is not an orphan: refused, `down` stops it."""
-    orphans = lab_processes(settings, by_path=False)
-    if not orphans:
-        return []
+def supervisord_without_pid_file(settings: Settings) -> int | None:
+    """The pid of a supervisord running this lab's configuration, found by its command line (for
+    when its pid file is gone)."""
     conf = str(supervisor_paths(settings)["conf"]).encode()
     for pid in lab_processes(settings):
         try:
@@ -426,8 +422,21 @@ def stop_orphans(settings: Settings) -> list[int]:
         except OSError:
             continue
         if os.path.basename(argv[1] if len(argv) > 1 else b"") == b"supervisord" and conf in argv:
-            raise LabError(f"a supervisord of this lab runs (pid {pid}) but its pid file is gone; "
-                           "`make down` stops it, then `make up`")
+            return pid
+    return None
+
+
+def stop_orphans(settings: Settings) -> list[int]:
+    """Before `up` with no supervisord: stop the programs of this lab that a killed supervisord
+    left running (they hold the lab's ports). Returns their pids. A supervisord of this lab that
+    lost its pid file is not an orphan: refused, `down` stops it."""
+    orphans = lab_processes(settings, by_path=False)
+    if not orphans:
+        return []
+    pid = supervisord_without_pid_file(settings)
+    if pid is not None:
+        raise LabError(f"a supervisord of this lab runs (pid {pid}) but its pid file is gone; "
+                       "`make down` stops it, then `make up`")
     say(f"racelab: the supervisord of {settings.state_dir} is gone, {len(orphans)} process(es) of its lab "
         "still run: stopping them first")
     down(settings, quiet=True)
@@ -511,6 +520,11 @@ def status(settings: Settings) -> int:
     pid = supervisord_pid(settings)
     if pid is None:
         orphans = lab_processes(settings, by_path=False)
+        lost = supervisord_without_pid_file(settings) if orphans else None
+        if lost is not None:
+            say(f"racelab in {settings.state_dir}: its supervisord runs (pid {lost}) but its pid file is gone: "
+                "`make down` stops it, then `make up`.")
+            return 1
         if orphans:  # a killed supervisord: its programs serve on, unsupervised (none restarts)
             say(f"racelab in {settings.state_dir} has no supervisord, but {len(orphans)} of its processes still "
                 "run, unsupervised: `make up` stops them and starts the lab again, `make down` stops them.")

@@ -215,7 +215,7 @@ GATEWAY_PROXY = """\
     # rewrite) sends nginx's decoded, slash-merged path instead: the state of task "a/b"
     # (GET /locked/tasks/a%2Fb/state) was asked for as /tasks/a/b/state, a 404.
     map $request_uri $pod_uri {
-        "~^/[^/?]*(?<rest>/.*)$" $rest;
+        "~^/+[^/?]*(?<rest>/.*)$" $rest;
         default /;
     }"""
 GATEWAY_HEALTHZ = """\
@@ -235,12 +235,12 @@ GATEWAY_HEALTHZ = """\
         }"""
 
 
-def gateway_not_running(variant: str) -> str:
+def gateway_not_running(prefix: str, what: str, start: str) -> str:
     """A location for a variant the lab knows but does not run: the gateway's JSON-RPC 503, as with
     Docker Compose (whose nginx finds no pod to resolve), saying how to start it."""
-    return (f"        location /{variant}/ {{ default_type application/json; add_header Retry-After 1 always; "
-            f"""return 503 '{{"jsonrpc":"2.0","id":null,"error":{{"code":-32001,"message":"variant {variant} """
-            f"""is not running in this lab (make down, then make up VARIANTS=all)"}}}}'; }}""")
+    return (f"        location /{prefix}/ {{ default_type application/json; add_header Retry-After 1 always; "
+            f"""return 503 '{{"jsonrpc":"2.0","id":null,"error":{{"code":-32001,"message":"{what} """
+            f"""is not running in this lab (make down, then {start})"}}}}'; }}""")
 
 
 # Idle connections nginx keeps open to an upstream's pods (nginx's keepalive: one cache per
@@ -272,7 +272,11 @@ def nginx_conf(settings: Settings) -> str:
             locations += extra_locations
             continue
         locations.append(f"        location /{variant}/ {{ proxy_pass http://{variant}$pod_uri; }}")
-    locations += [gateway_not_running(v) for v in ALL_VARIANTS if v not in settings.variants]
+    locations += [gateway_not_running(v, f"variant {v}", "make up VARIANTS=all")
+                  for v in ALL_VARIANTS if v not in settings.variants]
+    if AGENT_VARIANT not in settings.variants:  # its routes (racelab.agentex.lab.nginx_parts)
+        locations += [gateway_not_running(prefix, "variant agent (your agent)", "make up AGENT=<its folder>")
+                      for prefix in (AGENT_VARIANT, "agentex", "agent-pods")]
     # /bare/: the benchmark's baseline (racelab.bench), the same path to as many bare pods (ack
     # after one INSERT); they run only while make bench does
     upstreams.append(nginx_upstream("bench-bare", (f"{settings.host}:{settings.bare_pod_port(r)}"

@@ -53,11 +53,13 @@ def served_texts(messages) -> list[str]:
 async def attribute(pool, texts: list[str]) -> list[tuple[str, str, str]]:
     """(task_id, agent_id, event_id) of the agent variant's event behind each text: the newest
     event with that text not served by a model call yet, else the newest with that text."""
+    # variant 'agent' written out: a prepared statement's generic plan cannot use the partial index
+    # (agentex.schema: WHERE variant = 'agent') for a parameter
     out = []
     for text in texts:
         row = await pool.fetchrow(
             """SELECT e.task_id, e.agent_id, e.event_id FROM events e
-               WHERE e.variant = $1 AND e.content->>'content' = $2
+               WHERE e.variant = 'agent' AND md5(e.content->>'content') = md5($2) AND e.content->>'content' = $2
                ORDER BY EXISTS (SELECT 1 FROM effects f WHERE f.variant = $1 AND f.event_id = e.event_id
                                 AND f.task_id = e.task_id), e.seq DESC
                LIMIT 1""", AGENT_VARIANT, text)
