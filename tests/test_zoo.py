@@ -175,3 +175,31 @@ async def test_multi_agent_shared_state_needs_a_task_level_key(lab):
     for v in ("temporal", "queue", "optimistic"):
         c = out["cells"][v]["counts"]
         assert (c["applied"], c["lost"], c["duplicates"], c["counter_drift"], c["phantoms"]) == (per_variant, 0, 0, 0, 0), (v, c)
+
+
+async def test_temporal_and_temporal_naive_never_share_a_workflow(lab):
+    """Both Temporal variants take the task id as the workflow id, each in its own namespace. In
+    one namespace temporal-naive prefixed its ids ("temporal-naive/<task id>"), and a `temporal`
+    task with that id signalled the other variant's workflow."""
+    from temporalio.client import Client
+
+    from racelab.config import NAIVE_NAMESPACE, NAIVE_WORKFLOW_NAME, WORKFLOW_NAME
+    task = new_id("zoo-namespace")
+    sends = [("temporal-naive", task), ("temporal", task), ("temporal", f"temporal-naive/{task}")]
+    for variant, task_id in sends:
+        status, reply = await send_event(lab.settings, variant, task_id, f"{variant}:{task_id}")
+        assert status == 200, reply
+
+    async def each_applied_to_its_own_state():
+        for variant, task_id in sends:
+            code, body = await get_state(lab.settings, variant, task_id)
+            if code != 200 or body["state"]["history"] != [f"{variant}:{task_id}"]:
+                return False
+        return True
+    assert await wait_until(each_applied_to_its_own_state, timeout_s=30), [
+        await get_state(lab.settings, v, t) for v, t in sends]
+    default = await Client.connect(lab.settings.temporal_address)
+    naive = await Client.connect(lab.settings.temporal_address, namespace=NAIVE_NAMESPACE)
+    assert (await naive.get_workflow_handle(task).describe()).workflow_type == NAIVE_WORKFLOW_NAME
+    for task_id in (task, f"temporal-naive/{task}"):
+        assert (await default.get_workflow_handle(task_id).describe()).workflow_type == WORKFLOW_NAME

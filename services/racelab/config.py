@@ -23,6 +23,11 @@ AGENT_PATH_FILE = "agent.path"  # in the state dir while a lab runs with AGENT=
 TASK_QUEUE = "racelab-tasks"
 WORKFLOW_NAME = "racelab-task"
 NAIVE_WORKFLOW_NAME = "racelab-task-naive"  # temporal-naive: the seed's tutorial workflow
+# temporal-naive's workflows live in a namespace of their own (the dev server creates it at start),
+# so that both Temporal variants use the task id as the workflow id, as the seed does. In one
+# namespace temporal-naive prefixed its ids ("temporal-naive/<task id>"), and a `temporal` task
+# whose id began with that prefix signalled the other variant's workflow.
+NAIVE_NAMESPACE = "racelab-naive"
 SIGNAL_RECEIVE_EVENT = "receive_event"  # the signal name Agentex uses
 SIGNAL_CANCEL = "cancel_task"
 

@@ -209,7 +209,7 @@ async def drain(settings: Settings, prefix: str, t0: float) -> tuple[float, obje
     return counts.accepted / max(1e-3, counts.last_applied_at - t0), counts
 
 
-async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 60.0) -> None:
+async def settle_temporal(settings: Settings, prefix: str, variant: str, timeout_s: float = 60.0) -> None:
     """End the workflows of a temporal variant's ingest, once its log is drained, and wait until
     they have completed: their completions would otherwise land in the measurements of the
     targets after it. Left alone, a task's workflow completes after 30 idle seconds
@@ -218,11 +218,11 @@ async def settle_temporal(settings: Settings, prefix: str, timeout_s: float = 60
     it completes when everything it received is applied."""
     from temporalio.client import Client
 
-    from ..variants.temporal_naive import workflow_id as naive_workflow_id
-    client = await Client.connect(settings.temporal_address)
-    # temporal's workflow id is the task id, temporal-naive's its own prefix plus the task id
-    query = (f"(WorkflowId STARTS_WITH '{prefix}' OR WorkflowId STARTS_WITH '{naive_workflow_id(prefix)}') "
-             "AND ExecutionStatus = 'Running'")
+    from ..config import NAIVE_NAMESPACE
+    # the workflow id is the task id; temporal-naive's workflows are in a namespace of their own
+    client = await Client.connect(settings.temporal_address,
+                                  **({"namespace": NAIVE_NAMESPACE} if variant == "temporal-naive" else {}))
+    query = f"WorkflowId STARTS_WITH '{prefix}' AND ExecutionStatus = 'Running'"
     say("  ending its workflows (a cancel signal each) and waiting until they have completed")
     deadline = time.monotonic() + timeout_s
     signalled: set[str] = set()
@@ -252,7 +252,7 @@ async def ingest_and_drain(settings: Settings, args, variant: str, prefix: str, 
     say(f"  {variant}: apply {apply_rate:.0f} events/s")
     cpu = cpu_ms_per_event(before, cpu_seconds(settings), n)
     if variant in ("temporal", "temporal-naive"):
-        await settle_temporal(settings, prefix)
+        await settle_temporal(settings, prefix, variant)
     # ingest and processing together (the checker's polling while it waits is counted too)
     return {"ingest_eps": rate, "apply_eps": apply_rate, "cpu": cpu,
             "latency": {"p50": c.apply_latency_p50_ms, "p99": c.apply_latency_p99_ms, "lost": c.lost} if c else {}}

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import db
-from ..config import AGENT_PATH_FILE, Settings
+from ..config import AGENT_PATH_FILE, NAIVE_NAMESPACE, Settings
 from . import console
 from .topology import STAGES, Instance, Service, find_binary, nginx_conf, paths, prometheus_conf, services, venv_binary
 
@@ -234,7 +234,10 @@ async def healthy(inst: Instance, settings: Settings, session: aiohttp.ClientSes
                 await client.aclose()
         elif kind == "temporal":
             from temporalio.client import Client
+            from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
             client = await Client.connect(settings.temporal_address)
+            # and has created temporal-naive's namespace (at launch), which its workers poll
+            await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=NAIVE_NAMESPACE))
             return await client.service_client.check_health()
         elif kind == "http":
             async with session.get(f"http://{settings.host}:{inst.port}{inst.service.health_path}") as resp:

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
+from ..config import AGENT_VARIANT, ALL_VARIANTS, NAIVE_NAMESPACE, Settings
 
 STAGES = ("infra", "app", "gateway", "observability")
 
@@ -118,6 +118,7 @@ def services(settings: Settings, run_as_postgres: str | None = None) -> list[Ser
         Service("temporal", "infra",
                 (venv_binary("temporal"), "server", "start-dev", "--ip", host, "--port", "{port}",
                  "--ui-port", str(settings.temporal_ui_port), "--db-filename", str(p["temporal"] / "temporal.db"),
+                 "--namespace", NAIVE_NAMESPACE,  # temporal-naive's (config.NAIVE_NAMESPACE)
                  # its HTTP API port, else a random free one: in the kernel's ephemeral range
                  "--http-port", str(settings.temporal_http_port),
                  "--metrics-port", str(settings.temporal_metrics_port), "--log-level", "warn",

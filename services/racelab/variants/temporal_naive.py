@@ -2,8 +2,8 @@
 events "one at a time in the order they were received".
 
 The pod signal-with-starts the task's workflow (racelab.worker.naive) exactly as `temporal`
-does, on the same workers and task queue; its workflow ids are "temporal-naive/<task id>" so
-that the same task id can run under both variants. The workflow's `receive_event` handler is
+does, on the same workers and task queue, workflow id = task id, in a namespace of its own
+(config.NAIVE_NAMESPACE) so that the same task id can run under both variants. The workflow's `receive_event` handler is
 async: it appends the event to the workflow's state, awaits an activity (the model call, which
 also writes the state it was given, as the tutorial's streamed agent run does), then assigns
 the activity's result back. Temporal runs a signal handler until its first await, then the next
@@ -16,20 +16,16 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from ..config import NAIVE_WORKFLOW_NAME, SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, TASK_QUEUE
+from ..config import NAIVE_NAMESPACE, NAIVE_WORKFLOW_NAME, SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, TASK_QUEUE
 from ..protocol import Event, TaskRef
 from . import Variant
-
-
-def workflow_id(task_id: str) -> str:
-    return f"temporal-naive/{task_id}"
 
 
 class TemporalNaive(Variant):
     name = "temporal-naive"
 
     async def start(self) -> None:
-        self.client = await Client.connect(self.ctx.settings.temporal_address)
+        self.client = await Client.connect(self.ctx.settings.temporal_address, namespace=NAIVE_NAMESPACE)
 
     async def health(self) -> None:
         if not await self.client.service_client.check_health():
@@ -41,19 +37,19 @@ class TemporalNaive(Variant):
     async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
         ref = TaskRef(event.agent_id, event.task_id, event.task_params)
         await self.client.start_workflow(
-            NAIVE_WORKFLOW_NAME, self.workflow_input(ref), id=workflow_id(event.task_id), task_queue=TASK_QUEUE,
+            NAIVE_WORKFLOW_NAME, self.workflow_input(ref), id=event.task_id, task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, start_signal=SIGNAL_RECEIVE_EVENT,
             start_signal_args=[{**event.to_payload(), "accepted_at": accepted_at, "signalled_at": time.time(),
                                 "model_latency_ms": event.task_params.get("model_latency_ms")}])
 
     async def on_task_created(self, ref: TaskRef) -> None:
         await self.client.start_workflow(
-            NAIVE_WORKFLOW_NAME, self.workflow_input(ref), id=workflow_id(ref.task_id), task_queue=TASK_QUEUE,
+            NAIVE_WORKFLOW_NAME, self.workflow_input(ref), id=ref.task_id, task_queue=TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
 
     async def on_task_cancelled(self, ref: TaskRef) -> None:
         try:
-            await self.client.get_workflow_handle(workflow_id(ref.task_id)).signal(SIGNAL_CANCEL)
+            await self.client.get_workflow_handle(ref.task_id).signal(SIGNAL_CANCEL)
         except RPCError:
             pass  # no running workflow: nothing to cancel
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from datetime import timedelta
 
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from .. import db, metrics
-from ..config import TASK_QUEUE, Settings
+from ..config import NAIVE_NAMESPACE, TASK_QUEUE, Settings
 from ..model import Model
 from .activities import TaskActivities
 from .naive_activities import NaiveActivities
@@ -26,6 +30,20 @@ MAX_CACHED_WORKFLOWS = 100
 STICKY_TIMEOUT_S = 5.0
 
 
+async def namespace_ready(client: Client, namespace: str, timeout_s: float = 60.0) -> None:
+    """Wait until the dev server has created the namespace (it does so at launch, maybe after it
+    already answers): a Worker started before refuses to run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+            return
+        except RPCError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def serve(port: int) -> None:
     settings = Settings.from_env()
     metrics.init("temporal")
@@ -33,10 +51,8 @@ async def serve(port: int) -> None:
     pool = await db.create_pool(settings.pg_dsn)
     client = await Client.connect(settings.temporal_address)
     activities = TaskActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
-    naive = NaiveActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
-    # temporal-naive's workflow (the seed's tutorial) runs on the same workers and task queue
-    worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow, NaiveTaskWorkflow],
-                    activities=[activities.load_state, activities.apply_events, naive.respond],
+    worker = Worker(client, task_queue=TASK_QUEUE, workflows=[TaskWorkflow],
+                    activities=[activities.load_state, activities.apply_events],
                     # How long a workflow task waits for the worker that has the workflow cached
                     # before any worker may take it (and replay the whole history to do so): a
                     # killed worker's workflows move on after this. The SDK's default is 10 s; 5 s
@@ -60,6 +76,17 @@ async def serve(port: int) -> None:
                     # cache (1000 by default) is bounded too: with many busy tasks an evicted
                     # workflow replays its history when its next event comes
                     max_cached_workflows=MAX_CACHED_WORKFLOWS)
+    workers = [worker]
+    if "temporal-naive" in settings.variants:
+        # temporal-naive's workflow (the seed's tutorial) on the same workers, in its own namespace
+        # (config.NAIVE_NAMESPACE)
+        naive = NaiveActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
+        naive_client = await Client.connect(settings.temporal_address, namespace=NAIVE_NAMESPACE)
+        await namespace_ready(naive_client, NAIVE_NAMESPACE)
+        workers.append(Worker(naive_client, task_queue=TASK_QUEUE, workflows=[NaiveTaskWorkflow],
+                              activities=[naive.respond],
+                              sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
+                              max_cached_workflows=MAX_CACHED_WORKFLOWS))
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 
@@ -67,7 +94,9 @@ async def serve(port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with contextlib.AsyncExitStack() as running:
+        for w in workers:
+            await running.enter_async_context(w)
         await stop.wait()
     await runner.cleanup()
     await pool.close()
