@@ -111,6 +111,10 @@ CASES.update({
     "task.id of 193 emoji (772 bytes)": dict(body=valid(task="\U0001F600" * 193), code=-32602, status=400),
     "agent.id of 193 emoji (772 bytes)": dict(body=with_agent_id("\U0001F600" * 193), code=-32602, status=400),
     "event.id of 193 emoji (772 bytes)": dict(body=with_event(id="\U0001F600" * 193), code=-32602, status=400),
+    # a dot segment: nginx resolves it before it routes (GET /locked/tasks/..%2F../state asked for /state)
+    "task.id '..'": dict(body=valid(task=".."), code=-32602, status=400),
+    "task.id '.'": dict(body=valid(task="."), code=-32602, status=400),
+    "task.id 'a/../../b'": dict(body=valid(task="a/../../b"), code=-32602, status=400),
     # (temporal: refused by Temporal after the task's row was written, which stayed)
     "task/create with a task.id of 193 emoji": dict(body=task_create("\U0001F600" * 193), code=-32602, status=400),
     "blank task.id": dict(raw=raw_valid('"id": "bad-input-task"', '"id": "  "'), code=-32602, status=400),

@@ -23,8 +23,8 @@ UNAVAILABLE = -32001  # server error (-32000..-32099): a dependency is down; HTT
 
 METHODS = ("task/create", "event/send", "task/cancel")
 MAX_ID_LENGTH = 256
-# ...and as UTF-8: Temporal refuses a workflow id over 1,000 bytes (the workflow id is the task id,
-# "temporal-naive/" + it in the zoo), and an id it refused after the ack was never applied: a task
+# ...and as UTF-8: Temporal refuses a workflow id over 1,000 bytes (the workflow id is the task id),
+# and an id it refused after the ack was never applied: a task
 # id of 250 emoji and 4 letters (1,004 bytes) was acked and lost. 768: any 256 characters of the BMP.
 MAX_ID_BYTES = 768
 MAX_BODY_BYTES = 1024 * 1024  # a larger body is refused with 413 before it is parsed
@@ -305,8 +305,13 @@ def parse_task(req: Request) -> TaskRef:
     if not isinstance(task_params, dict):
         raise RpcError(INVALID_PARAMS, 'invalid params: "task.params" must be an object', rpc_id=req.rpc_id)
     _check_knobs(task_params, req.rpc_id)
-    return TaskRef(agent_id=_identifier(agent, "agent", req.rpc_id),
-                   task_id=_identifier(task, "task", req.rpc_id), task_params=task_params)
+    task_id = _identifier(task, "task", req.rpc_id)
+    if any(segment in (".", "..") for segment in task_id.split("/")):
+        # the state endpoint takes the id as a path segment (percent-encoded); nginx decodes and
+        # resolves dot segments before it routes: the state of task "../.." was asked of "/state"
+        raise RpcError(INVALID_PARAMS, 'invalid params: "task.id" has a "." or ".." segment (split on "/"), which a '
+                       "URL path cannot carry", rpc_id=req.rpc_id)
+    return TaskRef(agent_id=_identifier(agent, "agent", req.rpc_id), task_id=task_id, task_params=task_params)
 
 
 def parse_event_send(req: Request) -> Event:

@@ -156,8 +156,8 @@ async def delayed(delay_s: float, coro):
 
 def state_url(base_url: str, variant: str, task_id: str, agent_id: str = AGENT["id"]) -> yarl.URL:
     """GET /<variant>/tasks/<task id>/state?agent_id=...: the task id as one path segment whatever
-    it holds, every character but letters, digits, "-" and "_" percent-encoded ("/", and "." too:
-    a task id "." or ".." would be resolved as a path segment), sent as written."""
+    it holds, every character but letters, digits and "-_~" percent-encoded ("/", and "." too),
+    sent as written."""
     segment = quote(task_id, safe="").replace(".", "%2E")
     return yarl.URL(f"{base_url.rstrip('/')}/{variant}/tasks/{segment}/state?agent_id={quote(agent_id, safe='')}",
                     encoded=True)

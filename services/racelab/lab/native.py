@@ -433,13 +433,13 @@ def stop_orphans(settings: Settings) -> list[int]:
     """Before `up` with no supervisord: stop the programs of this lab that a killed supervisord
     left running (they hold the lab's ports). Returns their pids. A supervisord of this lab that
     lost its pid file is not an orphan: refused, `down` stops it."""
-    orphans = lab_processes(settings, by_path=False)
-    if not orphans:
-        return []
-    pid = supervisord_without_pid_file(settings)
+    pid = supervisord_without_pid_file(settings)  # (it carries no marker: found by its conf path)
     if pid is not None:
         raise LabError(f"a supervisord of this lab runs (pid {pid}) but its pid file is gone; "
                        "`make down` stops it, then `make up`")
+    orphans = lab_processes(settings, by_path=False)
+    if not orphans:
+        return []
     say(f"racelab: the supervisord of {settings.state_dir} is gone, {len(orphans)} process(es) of its lab "
         "still run: stopping them first")
     down(settings, quiet=True)
@@ -522,8 +522,8 @@ def down(settings: Settings, quiet: bool = False) -> int:
 def status(settings: Settings) -> int:
     pid = supervisord_pid(settings)
     if pid is None:
+        lost = supervisord_without_pid_file(settings)
         orphans = lab_processes(settings, by_path=False)
-        lost = supervisord_without_pid_file(settings) if orphans else None
         if lost is not None:
             say(f"racelab in {settings.state_dir}: its supervisord runs (pid {lost}) but its pid file is gone: "
                 "`make down` stops it, then `make up`.")

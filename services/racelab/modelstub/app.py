@@ -50,19 +50,21 @@ def served_texts(messages) -> list[str]:
     return out
 
 
+# The variant written out, not a parameter: a prepared statement's generic plan cannot use the
+# partial index (agentex.schema: md5 of the text, WHERE variant = 'agent') for a parameter.
+ATTRIBUTE = f"""SELECT e.task_id, e.agent_id, e.event_id FROM events e
+    WHERE e.variant = '{AGENT_VARIANT}' AND md5(e.content->>'content') = md5($1) AND e.content->>'content' = $1
+    ORDER BY EXISTS (SELECT 1 FROM effects f WHERE f.variant = '{AGENT_VARIANT}' AND f.event_id = e.event_id
+                     AND f.task_id = e.task_id), e.seq DESC
+    LIMIT 1"""
+
+
 async def attribute(pool, texts: list[str]) -> list[tuple[str, str, str]]:
     """(task_id, agent_id, event_id) of the agent variant's event behind each text: the newest
     event with that text not served by a model call yet, else the newest with that text."""
-    # variant 'agent' written out: a prepared statement's generic plan cannot use the partial index
-    # (agentex.schema: WHERE variant = 'agent') for a parameter
     out = []
     for text in texts:
-        row = await pool.fetchrow(
-            """SELECT e.task_id, e.agent_id, e.event_id FROM events e
-               WHERE e.variant = 'agent' AND md5(e.content->>'content') = md5($2) AND e.content->>'content' = $2
-               ORDER BY EXISTS (SELECT 1 FROM effects f WHERE f.variant = $1 AND f.event_id = e.event_id
-                                AND f.task_id = e.task_id), e.seq DESC
-               LIMIT 1""", AGENT_VARIANT, text)
+        row = await pool.fetchrow(ATTRIBUTE, text)
         if row is not None:
             out.append((row["task_id"], row["agent_id"], row["event_id"]))
     return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -76,17 +75,16 @@ async def serve(port: int) -> None:
                     # cache (1000 by default) is bounded too: with many busy tasks an evicted
                     # workflow replays its history when its next event comes
                     max_cached_workflows=MAX_CACHED_WORKFLOWS)
-    workers = [worker]
-    if "temporal-naive" in settings.variants:
-        # temporal-naive's workflow (the seed's tutorial) on the same workers, in its own namespace
-        # (config.NAIVE_NAMESPACE)
-        naive = NaiveActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
-        naive_client = await Client.connect(settings.temporal_address, namespace=NAIVE_NAMESPACE)
-        await namespace_ready(naive_client, NAIVE_NAMESPACE)
-        workers.append(Worker(naive_client, task_queue=TASK_QUEUE, workflows=[NaiveTaskWorkflow],
-                              activities=[naive.respond],
-                              sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
-                              max_cached_workflows=MAX_CACHED_WORKFLOWS))
+    # temporal-naive's workflow (the seed's tutorial) on the same workers, in its own namespace
+    # (config.NAIVE_NAMESPACE); whether its pods run or not (with Docker Compose a profile starts
+    # them, whatever RACELAB_VARIANTS says): idle, its pollers only wait
+    naive = NaiveActivities(pool, Model(settings.model_latency_ms, settings.model_jitter_ms))
+    naive_client = await Client.connect(settings.temporal_address, namespace=NAIVE_NAMESPACE)
+    await namespace_ready(naive_client, NAIVE_NAMESPACE)
+    naive_worker = Worker(naive_client, task_queue=TASK_QUEUE, workflows=[NaiveTaskWorkflow],
+                          activities=[naive.respond],
+                          sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_TIMEOUT_S),
+                          max_cached_workflows=MAX_CACHED_WORKFLOWS)
 
     runner = await metrics.serve_health_and_metrics("worker", settings.host, port)
 
@@ -94,10 +92,9 @@ async def serve(port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with contextlib.AsyncExitStack() as running:
-        for w in workers:
-            await running.enter_async_context(w)
+    async with worker, naive_worker:
         await stop.wait()
+        await asyncio.gather(worker.shutdown(), naive_worker.shutdown())  # together, not one after the other
     await runner.cleanup()
     await pool.close()
 
