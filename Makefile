@@ -180,7 +180,7 @@ verify:
 load:
 	@$(PY) -m racelab.clients.load --users $(USERS) --rate $(RATE) --duration $(DURATION) \
 		$(if $(VARIANT),--variant $(VARIANT)) $(if $(HOST),--host $(HOST)) \
-		$(if $(LOCUST_ARGS),--locust-args "$(LOCUST_ARGS)") --dup-rate $(DUP_RATE) \
+		$(if $(LOCUST_ARGS),--locust-args="$(LOCUST_ARGS)") --dup-rate $(DUP_RATE) \
 		$(if $(FAULTS),--faults "$(FAULTS)")
 
 # make chaos: a burst per fault kind with the fault mid-burst, judged (CHAOS_ARGS, e.g.

@@ -8,6 +8,7 @@ with task ids that never collide (issue 11, finding 7).
 import os
 import random
 import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -188,3 +189,38 @@ def test_recovery_after_the_last_fault(tmp_path):
     assert recovery_after_faults(log, results, events, states) == {"locked": 5.5, "unguarded": None}
     log.write_text('{"kind": "kill-postgres", "target": "postgres", "at": 100.0, "back_at": null}\n')
     assert recovery_after_faults(log, {"locked": results["locked"]}, events, states) == {"locked": None}
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("2m", 120), ("1h30m", 5400), ("1h0m5s", 3605)])
+def test_durations_as_locust_takes_them(text, seconds):
+    from racelab.clients.load import parse_duration
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1h30", "0s", "0", "abc", "", "5 m"])
+def test_durations_locust_refuses_or_never_ends_are_refused(text):
+    """"1h30" Locust refuses (make load then reported OK over 0 events); "0s" it runs forever."""
+    from racelab.clients.load import parse_duration
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_a_load_whose_locust_fails_is_an_error_not_ok(lab, tmp_path):
+    """Locust refusing an option sent nothing, and make load still said OK and exited 0."""
+    done = subprocess.run([sys.executable, "-m", "racelab.clients.load", "--users", "1", "--duration", "2s",
+                           "--variant", "locked", "--locust-args=--no-such-option"],
+                          env=dict(os.environ, RACELAB_RESULTS_DIR=str(tmp_path)), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "Locust failed (exit 2" in done.stderr, done.stdout[-1500:] + done.stderr[-1500:]
+    assert "OK:" not in done.stdout
+
+
+def test_the_checker_refuses_a_ledger_that_is_not_one(tmp_path):
+    junk = tmp_path / "ledger-junk.jsonl"
+    junk.write_bytes(bytes(range(256)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path, says in ((junk, "not UTF-8 text"), (empty, "no ledger file")):
+        done = subprocess.run([sys.executable, "-m", "racelab.checker", "--ledger", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr

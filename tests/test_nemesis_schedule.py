@@ -24,8 +24,20 @@ def test_fire_times_within_the_duration():
 
 
 @pytest.mark.parametrize("spec", ["kill-pod@1s", "nuke@1s", "kill-redis", "kill-redis:x@1s", "kill-pod:nope@1s",
-                                  "kill-redis@soon", "kill-redis@every0.5s", "kill-worker:0@1s", "", " , "])
+                                  "kill-redis@soon", "kill-redis@every0.5s", "kill-redis@every0s", "kill-worker:0@1s",
+                                  "", " , "])
 def test_bad_schedules_are_refused_with_a_reason(spec):
     with pytest.raises(FaultSpecError) as err:
         parse_schedule(spec, RUNNING)
     assert str(err.value)
+
+
+def test_a_schedule_with_nothing_within_the_duration_is_an_error():
+    """`make chaos FAULTS=kill-redis@10s DURATION=3s` injected nothing and exited 0."""
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "racelab.nemesis", "--faults", "kill-redis@10s", "--duration", "3s"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RACELAB_STATE_DIR": "/nonexistent-racelab-state"})
+    assert done.returncode == 1 and "no fault falls within the run's 3 s" in done.stderr, done.stderr

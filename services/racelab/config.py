@@ -6,6 +6,7 @@ environment, so the Makefile and the tests only ever pass environment variables.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +33,37 @@ SIGNAL_RECEIVE_EVENT = "receive_event"  # the signal name Agentex uses
 SIGNAL_CANCEL = "cancel_task"
 
 
-def _int(name: str, default: int) -> int:
+PORT_RANGE = (1, 65535)
+
+
+def _int(name: str, default: int, low: int | None = None, high: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r}: expected a whole number") from None
+    return _in_range(name, raw, value, low, high)
+
+
+def _in_range(name: str, raw: str, value, low, high):
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise SystemExit(f"{name}={raw!r}: expected a number {bounds}")
+    return value
+
+
+def _state_dir(raw: str) -> Path:
+    """RACELAB_STATE_DIR: a directory (made by `up` if missing), its path without whitespace: the
+    generated nginx, supervisor and Prometheus configurations name paths in it unquoted."""
+    path = Path(raw).resolve()
+    if any(c.isspace() for c in str(path)):
+        raise SystemExit(f"RACELAB_STATE_DIR={raw!r}: a path without spaces, please (the lab's generated "
+                         "configurations name files in it)")
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"RACELAB_STATE_DIR={raw!r}: not a directory")
+    return path
 
 
 def parse_variants(raw: str | None) -> tuple[str, ...]:
@@ -60,14 +84,20 @@ def parse_variants(raw: str | None) -> tuple[str, ...]:
     return tuple(v for v in ALL_VARIANTS if v in names)
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, low: float | None = None, high: float | None = None,
+           above: float | None = None) -> float:
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise SystemExit(f"{name}={raw!r}: expected a finite number")
+    if above is not None and value <= above:
+        raise SystemExit(f"{name}={raw!r}: expected a number above {above:g}")
+    return _in_range(name, raw, value, low, high)
 
 
 @dataclass(frozen=True)
@@ -103,28 +133,28 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
-            state_dir=Path(os.environ.get("RACELAB_STATE_DIR") or "/var/tmp/racelab").resolve(),
+            state_dir=_state_dir(os.environ.get("RACELAB_STATE_DIR") or "/var/tmp/racelab"),
             host=os.environ.get("RACELAB_HOST") or "127.0.0.1",
-            gateway_port=_int("RACELAB_GATEWAY_PORT", 8080),
-            pg_port=_int("RACELAB_PG_PORT", 15432),
-            redis_port=_int("RACELAB_REDIS_PORT", 16379),
-            temporal_port=_int("RACELAB_TEMPORAL_PORT", 7233),
-            temporal_ui_port=_int("RACELAB_TEMPORAL_UI_PORT", 8233),
-            temporal_http_port=_int("RACELAB_TEMPORAL_HTTP_PORT", 7243),
-            temporal_metrics_port=_int("RACELAB_TEMPORAL_METRICS_PORT", 7235),
-            prometheus_port=_int("RACELAB_PROMETHEUS_PORT", 9090),
-            pod_base_port=_int("RACELAB_POD_BASE_PORT", 18000),
-            replicas=_int("RACELAB_REPLICAS", 3),
-            workers=_int("RACELAB_WORKERS", 2),
-            queue_workers=_int("RACELAB_QUEUE_WORKERS", 2),
+            gateway_port=_int("RACELAB_GATEWAY_PORT", 8080, *PORT_RANGE),
+            pg_port=_int("RACELAB_PG_PORT", 15432, *PORT_RANGE),
+            redis_port=_int("RACELAB_REDIS_PORT", 16379, *PORT_RANGE),
+            temporal_port=_int("RACELAB_TEMPORAL_PORT", 7233, *PORT_RANGE),
+            temporal_ui_port=_int("RACELAB_TEMPORAL_UI_PORT", 8233, *PORT_RANGE),
+            temporal_http_port=_int("RACELAB_TEMPORAL_HTTP_PORT", 7243, *PORT_RANGE),
+            temporal_metrics_port=_int("RACELAB_TEMPORAL_METRICS_PORT", 7235, *PORT_RANGE),
+            prometheus_port=_int("RACELAB_PROMETHEUS_PORT", 9090, *PORT_RANGE),
+            pod_base_port=_int("RACELAB_POD_BASE_PORT", 18000, *PORT_RANGE),
+            replicas=_int("RACELAB_REPLICAS", 3, 1, 9),  # a variant has 10 ports (pod_port)
+            workers=_int("RACELAB_WORKERS", 2, 1, 9),
+            queue_workers=_int("RACELAB_QUEUE_WORKERS", 2, 1, 9),
             variants=parse_variants(os.environ.get("RACELAB_VARIANTS")),
-            model_latency_ms=_float("RACELAB_MODEL_LATENCY_MS", 50.0),
-            model_jitter_ms=_float("RACELAB_MODEL_JITTER_MS", 20.0),
-            lock_ttl_s=_float("RACELAB_LOCK_TTL_S", 3.0),
-            lock_wait_s=_float("RACELAB_LOCK_WAIT_S", 60.0),
-            batch_limit=_int("RACELAB_BATCH_LIMIT", 50),
-            sweep_interval_s=_float("RACELAB_SWEEP_INTERVAL_S", 2.0),
-            skip_commit_delay_ms=_float("RACELAB_SKIP_COMMIT_DELAY_MS", 150.0),
+            model_latency_ms=_float("RACELAB_MODEL_LATENCY_MS", 50.0, 0),
+            model_jitter_ms=_float("RACELAB_MODEL_JITTER_MS", 20.0, 0),
+            lock_ttl_s=_float("RACELAB_LOCK_TTL_S", 3.0, above=0),
+            lock_wait_s=_float("RACELAB_LOCK_WAIT_S", 60.0, above=0),
+            batch_limit=_int("RACELAB_BATCH_LIMIT", 50, 1),
+            sweep_interval_s=_float("RACELAB_SWEEP_INTERVAL_S", 2.0, above=0),
+            skip_commit_delay_ms=_float("RACELAB_SKIP_COMMIT_DELAY_MS", 150.0, 0),
             pg_dsn_override=os.environ.get("RACELAB_PG_DSN", ""),
             redis_url_override=os.environ.get("RACELAB_REDIS_URL", ""),
             temporal_address_override=os.environ.get("RACELAB_TEMPORAL_ADDRESS", ""),

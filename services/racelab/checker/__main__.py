@@ -13,7 +13,7 @@ import sys
 
 from ..config import Settings
 from .counts import table
-from .ledger import LedgerError, read_ledger
+from .ledger import LedgerError, ledger_files, read_ledger
 from .quiescence import verdict, wait_for_quiescence
 
 
@@ -29,6 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         ledger = read_ledger(args.ledger) if args.ledger else None
+        if args.ledger and not ledger_files(args.ledger):  # a directory without ledger*.jsonl: no truth to check
+            raise LedgerError(f"no ledger file (ledger*.jsonl) in {', '.join(args.ledger)}")
     except (LedgerError, OSError) as exc:
         raise SystemExit(f"racelab checker: {exc}")
     settings = Settings.from_env()

@@ -58,16 +58,25 @@ def ledger_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def read_ledger(paths: Iterable[str | os.PathLike]) -> list[LedgerEntry]:
     entries: list[LedgerEntry] = []
     for path in ledger_files(paths):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                    entries.append(LedgerEntry(str(doc["variant"]), str(doc["task_id"]), str(doc["agent_id"]),
-                                               str(doc["event_id"])))
-                except (ValueError, KeyError, TypeError) as exc:
-                    if not line.endswith("\n"):
-                        continue  # a writer killed mid-line: its last, unfinished line was never an ack it saw
-                    raise LedgerError(f"{path}:{n}: not a ledger line ({exc.__class__.__name__}: {exc})") from None
+        try:
+            entries += _read_one(path)
+        except UnicodeDecodeError as exc:
+            raise LedgerError(f"{path}: not a ledger (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    return entries
+
+
+def _read_one(path: Path) -> list[LedgerEntry]:
+    entries: list[LedgerEntry] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                entries.append(LedgerEntry(str(doc["variant"]), str(doc["task_id"]), str(doc["agent_id"]),
+                                           str(doc["event_id"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                if not line.endswith("\n"):
+                    continue  # a writer killed mid-line: its last, unfinished line was never an ack it saw
+                raise LedgerError(f"{path}:{n}: not a ledger line ({exc.__class__.__name__}: {exc})") from None
     return entries

@@ -58,12 +58,17 @@ def link_latest(run_dir: Path, name: str = "latest") -> None:
 
 
 def parse_duration(text: str) -> float:
-    """Locust's run-time syntax: 90, 90s, 2m, 1h30m."""
-    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
-    if not text.strip() or not parts:
+    """Locust's run-time syntax: 90, 90s, 2m, 1h30m (every part with its unit, as Locust takes
+    it: "1h30" it refuses), above 0 (Locust runs `-t 0s` without end)."""
+    text = text.strip()
+    parts = re.fullmatch(r"(\d+)|(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not parts:
         raise ValueError(f"duration {text!r}: expected e.g. 60s, 2m, 1h30m")
-    h, m, s = (int(x or 0) for x in parts.groups())
-    return h * 3600 + m * 60 + s
+    bare, h, m, s = (int(x or 0) for x in parts.groups())
+    seconds = bare + h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise ValueError(f"duration {text!r}: must be above 0")
+    return seconds
 
 
 async def lab_is_up(host: str, variants: tuple[str, ...]) -> str | None:
@@ -102,6 +107,16 @@ def run_locust(args, host: str, run_dir: Path, prefix: str, settings: Settings) 
         while proc.poll() is None:
             try:
                 proc.wait(timeout=5)
+            except KeyboardInterrupt:  # Locust got the Ctrl-C too: it stops and writes its summary
+                print("load: stopped (Ctrl-C); counting what was acked so far (Ctrl-C again to leave now)",
+                      flush=True)
+                args.interrupted = True
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
+                    proc.wait()
+                break
             except subprocess.TimeoutExpired:
                 if nemesis is not None and nemesis.poll():  # e.g. a spec it refused: no point loading on
                     print(f"load: the nemesis failed (exit {nemesis.returncode}): "
@@ -193,6 +208,7 @@ def main() -> None:
     parser.add_argument("--faults", default="", metavar="SPEC",
                         help="run the nemesis beside Locust with this fault spec (python -m racelab.nemesis --help)")
     args = parser.parse_args()
+    args.interrupted = False
     args.variants = tuple(args.variant or Settings.from_env().variants)
     args.locust_args = args.locust_args.split()
     try:
@@ -234,6 +250,10 @@ def main() -> None:
         if nemesis_code:
             print(f"load: the nemesis exited with {nemesis_code}; see {run_dir / 'nemesis.log'}", flush=True)
     print((run_dir / "locust.log").read_text(errors="replace"), end="")
+    if run["locust_exit_code"] not in (0, 1) and not args.interrupted:  # 1: some requests failed (retried)
+        (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        raise SystemExit(f"racelab load: Locust failed (exit {run['locust_exit_code']}; its log above and in "
+                         f"{run_dir / 'locust.log'}): nothing to count")
     entries = read_ledger([run_dir])  # every Locust process's ledger-*.jsonl, merged
     distinct = {(e.variant, e.event_id) for e in entries}
     run["ledger"] = {"files": sorted(p.name for p in run_dir.glob("ledger*.jsonl")), "entries": len(entries),
@@ -263,6 +283,8 @@ def main() -> None:
         (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         print("recovery (last fault's component back -> every acked event applied): " + ", ".join(
             f"{v} {'never' if r is None else f'{r:.1f} s'}" for v, r in recovery.items()))
+    if not distinct:
+        problems.append("no event was acked: nothing was measured (see locust.log)")
     print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing, "
           "applied nothing twice, no broken ack, no counter drift")
     print(f"results: {run_dir}  (make report writes report.html there)")
@@ -270,4 +292,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # a second Ctrl-C, while counting
+        raise SystemExit("racelab load: stopped (Ctrl-C)") from None

@@ -202,6 +202,37 @@ def init_postgres(settings: Settings, run_as: str | None) -> None:
         raise LabError(f"initdb failed:\n{done.stdout}{done.stderr}")
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (outgoing connections take their local port from it)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def check_ports(settings: Settings, svcs: list[Service]) -> None:
+    """Before anything starts: every port of the lab its own, and outside the kernel's ephemeral
+    range (a port there can be taken at any moment by an outgoing connection: make bench's second
+    lab once failed so). Two components on one port failed only after a 60-s health wait, and with
+    RACELAB_REPLICAS=11 a pod of one variant took another's port and served its traffic."""
+    owners: dict[int, list[str]] = {}
+    for svc in svcs:
+        for inst in svc.instances():
+            owners.setdefault(inst.port, []).append(inst.name)
+        for port in svc.extra_ports:
+            owners.setdefault(port, []).append(svc.name)
+    shared = [f"{port} ({', '.join(names)})" for port, names in sorted(owners.items()) if len(names) > 1]
+    if shared:
+        raise LabError("two components on one port: " + "; ".join(shared) + ". Set the RACELAB_*_PORT variables "
+                       "(README, Configuration) apart")
+    low, high = ephemeral_range()
+    inside = [f"{names[0]}:{port}" for port, names in sorted(owners.items()) if low <= port <= high]
+    if inside:
+        raise LabError(f"port(s) in the kernel's ephemeral range {low}-{high}, which outgoing connections can take "
+                       f"at any moment: {', '.join(inside)}. Choose ports below {low} or above {high}")
+
+
 def check_ports_free(settings: Settings, svcs: list[Service]) -> None:
     busy = []
     for svc in svcs:
@@ -315,6 +346,7 @@ def up(settings: Settings) -> int:
     stop_orphans(settings)
     run_as = postgres_user()
     svcs = services(settings, run_as)
+    check_ports(settings, svcs)
     check_ports_free(settings, svcs)
     if settings.agent_path:  # the user's agent: its own virtualenv, built only now (make up AGENT=...)
         from ..agentex.env import AgentEnvError, ensure

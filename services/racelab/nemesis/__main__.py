@@ -27,6 +27,8 @@ async def run_schedule(settings: Settings, spec: str, duration_s: float, log_pat
     schedule = parse_schedule(spec, settings.variants)
     runtime = runtime_for(settings, runtime_name)
     plan = sorted((t, s.fault) for s in schedule for t in s.times(duration_s))
+    if not plan:  # it exited 0 having done nothing
+        raise FaultSpecError(f"{spec!r}: no fault falls within the run's {duration_s:g} s")
     start = time.monotonic()
 
     async def fire(t: float, fault):

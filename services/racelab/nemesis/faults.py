@@ -118,7 +118,7 @@ def parse_schedule(spec: str, variants: tuple[str, ...]) -> list[Scheduled]:
             scheduled = Scheduled(fault, _seconds(g[0], g[1]), _seconds(g[2], g[3]))
         else:
             scheduled = Scheduled(fault, _seconds(g[0], g[1]))
-        if scheduled.every_s and scheduled.every_s < 1:
+        if "every" in when and scheduled.every_s < 1:  # (every0s too: it would have fired once)
             raise FaultSpecError(f"{item!r}: faults at most once a second")
         out.append(scheduled)
     if not out:
