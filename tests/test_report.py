@@ -50,3 +50,14 @@ def test_report_headline_dates_and_fault_lines(lab, load_run, tmp_path):
         assert svg.count('id="fault-0-kill"') == len(variants)  # one line per variant's subplot
         assert re.search(r"<!-- \d\d:\d\d:\d\d -->", svg)  # tick labels are clock times, not epoch seconds
         assert "since the run started" not in svg
+
+
+def test_a_damaged_run_is_a_clear_error_not_a_traceback(tmp_path):
+    """A run that stopped before its counts (no checker.json) was reported as "cannot reach
+    Prometheus"; a run.json that is not JSON gave a traceback."""
+    (tmp_path / "run.json").write_text('{"started_at":')
+    for says in ("run.json is not valid JSON", "has no checker.json"):
+        done = subprocess.run([sys.executable, "-m", "racelab.report", "--run", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+        (tmp_path / "run.json").write_text("{}")

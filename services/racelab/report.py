@@ -220,6 +220,14 @@ def main() -> None:
     run_dir = (args.run or results_root() / "latest").resolve()
     if not (run_dir / "run.json").is_file():
         raise SystemExit(f"no load run in {run_dir}: run `make load` first")
+    for name in ("run.json", "checker.json"):  # a run stopped before its counts, or a file edited by hand
+        try:
+            json.loads((run_dir / name).read_text())
+        except FileNotFoundError:
+            raise SystemExit(f"the load run in {run_dir} has no {name}: it ended before its counts "
+                             "(its locust.log says why); run `make load` again") from None
+        except ValueError as exc:
+            raise SystemExit(f"{run_dir / name} is not valid JSON ({exc}); run `make load` again") from None
     try:
         out = render(run_dir)
     except OSError as exc:
