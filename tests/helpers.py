@@ -161,6 +161,29 @@ def http(method: str, url: str, body: bytes | None = None):
         return refused.code, refused.headers, json.loads(refused.read())
 
 
+# (sent to the gateway, what its pod must see) for the routes both gateways have, native and compose:
+# the client's own path minus the prefix, percent-encoding and slashes as sent
+GATEWAY_ROUTES = (("/locked/tasks/a%2Fb/state?agent_id=x", "/tasks/a%2Fb/state?agent_id=x"),
+                  ("/locked/tasks/a//b/state?agent_id=x", "/tasks/a//b/state?agent_id=x"),
+                  ("/locked/tasks/%E7%95%8C%20x/state", "/tasks/%E7%95%8C%20x/state"),
+                  ("/agent/tasks/a%2Fb/state", "/acp/tasks/a%2Fb/state"),
+                  ("/agentex/states?task_id=t", "/states?task_id=t"),
+                  ("//locked/api", "/api"))  # (a gateway URL ending in "/")
+
+
+def assert_gateway_routes(gateway: str, routes, json_404_paths) -> None:
+    """Through a gateway whose pods are a path_echo: each route reaches its pod with the path it
+    must see (a POST too), and each of json_404_paths gets the gateway's JSON-RPC 404."""
+    for sent, seen in routes:
+        status, _, body = http("GET", gateway + sent)
+        assert (status, body) == (200, {"path": seen}), sent
+    assert http("POST", gateway + "/locked/api", b"{}")[2] == {"path": "/api"}
+    for path in json_404_paths:
+        status, headers, body = http("GET", gateway + path)
+        assert (status, body["jsonrpc"], body["error"]["code"]) == (404, "2.0", -32600), path
+        assert headers["Content-Type"].startswith("application/json"), path
+
+
 @contextlib.contextmanager
 def path_echo():
     """An HTTP server on 127.0.0.1 standing in for a pod: answers every request with the path

@@ -7,6 +7,7 @@ import pytest
 
 from racelab.bench.__main__ import SECOND_LAB_PORTS
 from racelab.config import Settings
+from racelab.lab.native import lab_ports
 from racelab.lab.topology import services
 
 import conftest
@@ -15,8 +16,7 @@ EPHEMERAL = range(32768, 61000)
 
 
 def ports_of(settings: Settings) -> list[int]:
-    return [port for svc in services(settings, None) for port in
-            [i.port for i in svc.instances()] + list(svc.extra_ports)]
+    return [port for _, port in lab_ports(services(settings, None))]
 
 
 @pytest.mark.parametrize("env", [{}, conftest.TEST_ENV, SECOND_LAB_PORTS], ids=["default", "test lab", "bench lab"])

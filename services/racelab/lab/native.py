@@ -211,17 +211,20 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def lab_ports(svcs: list[Service]) -> list[tuple[str, int]]:
+    """(component, port) for every port the lab opens: each instance's, and a service's extra ones."""
+    return ([(inst.name, inst.port) for svc in svcs for inst in svc.instances()]
+            + [(svc.name, port) for svc in svcs for port in svc.extra_ports])
+
+
 def check_ports(settings: Settings, svcs: list[Service]) -> None:
     """Before anything starts: every port of the lab its own, and outside the kernel's ephemeral
     range (a port there can be taken at any moment by an outgoing connection: make bench's second
     lab once failed so). Two components on one port failed only after a 60-s health wait, and with
     RACELAB_REPLICAS=11 a pod of one variant took another's port and served its traffic."""
     owners: dict[int, list[str]] = {}
-    for svc in svcs:
-        for inst in svc.instances():
-            owners.setdefault(inst.port, []).append(inst.name)
-        for port in svc.extra_ports:
-            owners.setdefault(port, []).append(svc.name)
+    for name, port in lab_ports(svcs):
+        owners.setdefault(port, []).append(name)
     shared = [f"{port} ({', '.join(names)})" for port, names in sorted(owners.items()) if len(names) > 1]
     if shared:
         raise LabError("two components on one port: " + "; ".join(shared) + ". Set the RACELAB_*_PORT variables "
@@ -235,14 +238,13 @@ def check_ports(settings: Settings, svcs: list[Service]) -> None:
 
 def check_ports_free(settings: Settings, svcs: list[Service]) -> None:
     busy = []
-    for svc in svcs:
-        for port in [i.port for i in svc.instances()] + list(svc.extra_ports):
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((settings.host, port))
-                except OSError:
-                    busy.append(f"{svc.name}:{port}")
+    for name, port in lab_ports(svcs):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((settings.host, port))
+            except OSError:
+                busy.append(f"{name}:{port}")
     if busy:
         raise LabError("ports already in use: " + ", ".join(busy) + ". Another lab or service holds them; "
                        "stop it or choose other ports (RACELAB_*_PORT, see README).")
