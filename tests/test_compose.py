@@ -520,6 +520,8 @@ def test_compose_gateway_routes_through_docker_dns_and_answers_json_for_the_rest
                 for path in ("/queue/api", "/agent-pods/x"):  # a zoo variant not started, the agent's own pods
                     status, headers, body = http("POST", g + path, b"{}")
                     assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), path
+                    prefix = "/" + path.split("/")[1] + "/"  # it names what is not there
+                    assert f"no pod behind {prefix} answered" in body["error"]["message"], body
     finally:
         stop_dns()
 

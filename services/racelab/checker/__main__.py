@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 
 from ..config import Settings
@@ -17,12 +18,24 @@ from .ledger import LedgerError, ledger_files, read_ledger
 from .quiescence import verdict, wait_for_quiescence
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (nan, inf, 0 or -5 would wait forever
+    or not at all)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="racelab checker: counts per variant from the event log and states")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--task-prefix", default="", help="only tasks whose id starts with this")
-    parser.add_argument("--settle", type=float, default=3.0, help="seconds without change that count as quiescent")
-    parser.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
+    parser.add_argument("--settle", type=seconds, default=3.0, help="seconds without change that count as quiescent")
+    parser.add_argument("--timeout", type=seconds, default=300.0, help="give up waiting after this many seconds")
     parser.add_argument("--ledger", action="append", default=[], metavar="PATH",
                         help="a client ledger (JSON Lines of acked events), or a directory of ledger*.jsonl; "
                              "repeatable. With a ledger, acked events missing from the log count as broken acks")

@@ -32,7 +32,13 @@ class LedgerWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        try:
+            # a ledger is one run's acks: appending to an older file (or to any file a user names
+            # by mistake) would mix runs, so it must be new
+            self._file = open(self.path, "x", buffering=1, encoding="utf-8")
+        except FileExistsError:
+            raise LedgerError(f"ledger {self.path} exists already: a ledger holds one run's acks; "
+                              "name a new file") from None
 
     def acked(self, variant: str, task_id: str, agent_id: str, event_id: str) -> None:
         self._file.write(json.dumps({"variant": variant, "task_id": task_id, "agent_id": agent_id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import sys
@@ -25,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import yarl
 
-from ..checker.ledger import LedgerEntry, LedgerWriter
+from ..checker.ledger import LedgerEntry, LedgerError, LedgerWriter
 from ..checker.quiescence import verdict, wait_for_quiescence
 from .retry import Outcome, RetryPolicy, classify, parse_retry_after, redeliver, redelivery_delay
 from ..checker.counts import table
@@ -245,14 +246,22 @@ def main() -> None:
         parser.error("--tasks and --events must be at least 1")
     if not 0 <= args.dup_rate <= 1 or args.spread < 0:
         parser.error("--dup-rate must be within 0..1 and --spread at least 0")
+    if args.ledger and os.path.lexists(args.ledger):
+        parser.error(f"--ledger {args.ledger} exists already: a ledger holds one run's acks; name a new file")
     settings = Settings.from_env()
-    from .load import results_root
+    from .load import lab_is_up, not_serving, results_root
+    variants = tuple(args.variant or settings.variants)
+    problem = asyncio.run(lab_is_up(settings.gateway_url, variants))
+    if problem:  # before anything is written: no empty results dir for a run that never started
+        raise SystemExit(not_serving("burst", problem))
     prefix = f"burst-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}-"
     ledger_path = args.ledger or results_root() / prefix.rstrip("-") / "ledger.jsonl"
     try:
-        out = asyncio.run(burst_and_check(settings, args.tasks, args.events, tuple(args.variant or settings.variants),
+        out = asyncio.run(burst_and_check(settings, args.tasks, args.events, variants,
                                           spread_s=args.spread, dup_rate=args.dup_rate, ledger_path=ledger_path,
                                           prefix=prefix))
+    except LedgerError as exc:
+        raise SystemExit(f"racelab burst: {exc}")
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise SystemExit(f"cannot reach the lab at {settings.gateway_url}: {exc}. Is it up (make up)?")
     results = out["results"]

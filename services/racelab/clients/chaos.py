@@ -146,7 +146,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from .load import results_root
+    from .load import lab_is_up, not_serving, results_root
     parser = argparse.ArgumentParser(description="a burst per fault kind, the fault mid-burst, then the counts")
     parser.add_argument("--fault", action="append", choices=KINDS, help="repeatable; default every kind")
     parser.add_argument("--variant", action="append",
@@ -164,6 +164,9 @@ def main() -> None:
         parser.error(f"variant(s) {', '.join(unknown)} not running; running: {', '.join(settings.variants)}")
     if args.tasks < 1 or args.events < 1 or args.spread <= 0 or not 0 <= args.at <= 1 or not 0 <= args.dup_rate <= 1:
         parser.error("--tasks/--events at least 1, --spread above 0, --at and --dup-rate within 0..1")
+    problem = asyncio.run(lab_is_up(settings.gateway_url, variants))
+    if problem:  # before the results dir: no empty one for a run that never started
+        raise SystemExit(not_serving("chaos", problem))
     run_dir = results_root() / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
     print(f"chaos: {', '.join(args.fault or KINDS)} against {', '.join(variants)}; "

@@ -71,6 +71,22 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def gateway_says(body: bytes) -> str:
+    """The gateway's JSON-RPC error message, if the body is one (it says how to start a variant
+    the lab does not run)."""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return f": {message}" if isinstance(message, str) else ""
+
+
+def not_serving(client: str, problem: str) -> str:
+    """The one-line error of a client that finds the lab not serving."""
+    return (f"racelab {client}: the lab is not serving: {problem}"
+            + ("" if "make up" in problem else ". Start it with `make up`."))
+
+
 async def lab_is_up(host: str, variants: tuple[str, ...]) -> str | None:
     """None when every variant answers through the gateway, else what is wrong."""
     try:
@@ -78,7 +94,7 @@ async def lab_is_up(host: str, variants: tuple[str, ...]) -> str | None:
             for variant in variants:
                 async with session.get(f"{host}/{variant}/healthz") as resp:
                     if resp.status != 200:
-                        return f"{host}/{variant}/healthz answered {resp.status}"
+                        return f"{host}/{variant}/healthz answered {resp.status}{gateway_says(await resp.read())}"
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         return f"{host} does not answer ({exc.__class__.__name__}: {exc})"
     return None
@@ -225,7 +241,7 @@ def main() -> None:
     host = (args.host or settings.gateway_url).rstrip("/")
     problem = asyncio.run(lab_is_up(host, args.variants))
     if problem:
-        raise SystemExit(f"racelab load: the lab is not serving: {problem}. Start it with `make up`.")
+        raise SystemExit(not_serving("load", problem))
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     prefix = f"load-{stamp}-{uuid.uuid4().hex[:4]}-"

@@ -42,7 +42,7 @@ from ..nemesis.faults import parse_fault
 from ..nemesis.record import inject
 from ..nemesis.runtimes import NativeRuntime, runtime_for
 from .burst import AGENT, Ledger, event_send, post_once, raise_fd_limit, run_burst
-from .load import results_root
+from .load import lab_is_up, not_serving, results_root
 from .retry import Outcome, classify
 
 TASKS, EVENTS = 5, 15
@@ -259,6 +259,9 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default all")
     args = parser.parse_args()
     settings = Settings.from_env()
+    problem = asyncio.run(lab_is_up(settings.gateway_url, settings.variants))
+    if problem:
+        raise SystemExit(not_serving("matrix", problem))
     started = time.monotonic()
     out = asyncio.run(run_matrix(settings, tuple(args.scenario or SCENARIOS)))
     folder = results_root() / f"matrix-{time.strftime('%Y%m%d-%H%M%S')}"

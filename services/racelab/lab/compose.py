@@ -365,7 +365,7 @@ def compose_nginx_conf() -> str:
     (and a scaled one) gets traffic; nginx round-robins over the addresses a name resolves to.
     A variant whose pods were not started (a zoo profile not enabled) has no name to resolve:
     nginx still starts (nothing is resolved at start) and answers its requests with the gateway's
-    JSON-RPC 503 (error_page 502: "no pod of this variant answered")."""
+    JSON-RPC 503 (error_page 502: "no pod behind /<variant>/ answered")."""
     # $pod_uri: the request's own URI minus its first segment (topology.GATEWAY_PROXY); a rewrite
     # would send the decoded, slash-merged path
     locations = "\n".join(

@@ -603,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "urls":
             for line in urls(settings):
                 say(line)
+            if supervisord_pid(settings) is None:  # the URLs are where the lab would be
+                say(f"(racelab is not running in {settings.state_dir}: `make up` starts it)")
             return 0
         return {"up": up, "down": down, "status": status}[args.command](settings)
     except LabError as exc:

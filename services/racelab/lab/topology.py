@@ -218,6 +218,12 @@ GATEWAY_PROXY = """\
     map $request_uri $pod_uri {
         "~^/+[^/?]*(?<rest>/.*)$" $rest;
         default /;
+    }
+    # the prefix a request was routed by (/queue/), named in the gateway's 503: with Docker a
+    # variant whose pods were not started looks to nginx like one whose pods are all down
+    map $uri $gateway_prefix {
+        "~^(?<prefix>/[a-z][a-z-]*/)" $prefix;
+        default "/";
     }"""
 GATEWAY_HEALTHZ = """\
         location = /healthz { return 200 '{"status":"ok","role":"gateway"}'; default_type application/json; }
@@ -227,7 +233,7 @@ GATEWAY_HEALTHZ = """\
         location @unavailable {
             default_type application/json;
             add_header Retry-After 1 always;
-            return 503 '{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"no pod of this variant answered; retry"}}';
+            return 503 '{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"no pod behind $gateway_prefix answered (not started in this lab, or down); retry"}}';
         }
         # a path under no variant of this lab: a JSON-RPC error too (the pods' own 404 says the same)
         location / {
