@@ -1,8 +1,8 @@
 """The nemesis against the native lab: for every fault kind, an at-least-once burst with the
 fault mid-burst. locked and temporal must show 0 broken acks, 0 lost, 0 duplicate applications,
 0 phantoms, no drift, no more duplicate side effects than events in flight at the fault, and
-every acked event applied within 15 s of the component being back. unguarded is run and
-reported, not judged. The lab is whole and healthy again after each fault."""
+every acked event applied within 15 s of the component being back. unguarded is run beside
+them under two of the faults, reported, not judged. The lab is whole and healthy again after each fault."""
 import asyncio
 import os
 import signal
@@ -19,6 +19,11 @@ from racelab.nemesis.faults import KINDS
 from racelab.nemesis.runtimes import NativeRuntime
 
 VARIANTS = ("unguarded", "locked", "temporal")
+# unguarded rides along where its counts under a fault say something (a killed pod drops its
+# in-flight handlers; a killed PostgreSQL fails their state writes). Elsewhere the guarded two
+# alone: a lossy variant holds the checker's quiescence to its full settle time (3 s; guarded
+# variants that applied everything, 1 s), 2 s more per fault for counts no test judges.
+WITH_UNGUARDED = ("kill-pod", "kill-postgres")
 
 
 async def whole_lab_healthy(settings, timeout_s: float = 60.0) -> list[str]:
@@ -35,7 +40,8 @@ async def whole_lab_healthy(settings, timeout_s: float = 60.0) -> list[str]:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_guarded_variants_survive_the_fault(lab, kind):
-    out = await chaos_one(lab.settings, kind, VARIANTS, tasks=8, events=15, spread_s=2.5, fault_at=0.4,
+    variants = VARIANTS if kind in WITH_UNGUARDED else ("locked", "temporal")
+    out = await chaos_one(lab.settings, kind, variants, tasks=8, events=15, spread_s=2.5, fault_at=0.4,
                           dup_rate=0.05)
     assert all(f.back_at is not None for f in out.faults), [f.error for f in out.faults]
     assert out.send_errors == []
@@ -46,10 +52,10 @@ async def test_guarded_variants_survive_the_fault(lab, kind):
         assert c.duplicate_side_effects <= out.in_flight[variant], (variant, out.row(variant))
         assert out.recovery_s(variant) is not None and out.recovery_s(variant) <= RECOVERY_LIMIT_S, out.row(variant)
         assert out.problems(variant) == []
-    # unguarded: reported, not judged; but its counts are still the checker's, from the same ledger
-    u = out.results["unguarded"]
-    assert (u.acked, u.broken_acks, u.accepted) == (8 * 15, 0, 8 * 15)
-    assert u.lost == u.accepted - (u.applied - u.phantoms)
+    if "unguarded" in variants:  # reported, not judged; but its counts are the checker's, from the same ledger
+        u = out.results["unguarded"]
+        assert (u.acked, u.broken_acks, u.accepted) == (8 * 15, 0, 8 * 15)
+        assert u.lost == u.accepted - (u.applied - u.phantoms)
     assert await whole_lab_healthy(lab.settings) == []
 
 

@@ -36,8 +36,9 @@ RELAY_IDLE_S = 1.0         # a relay looks at the outbox at least this often (ro
 # once no ack came for RELAY_QUIET_S, or RELAY_LINGER_MAX_S after the first one.
 RELAY_QUIET_S = 0.05
 RELAY_LINGER_MAX_S = 0.5
-RELAY_BACKOFF_MAX_S = 2.0  # while Temporal or PostgreSQL is down
+RELAY_BACKOFF_MAX_S = 2.0  # while Temporal or PostgreSQL is down, or one task's signal fails
 RELAY_SIGNAL_TIMEOUT_S = 10.0  # a relay pass gives up on a Temporal that does not answer
+RELAY_HOLD_FORGET_S = 10.0  # a held task not retried this long after its hold ended starts afresh
 
 
 def workflow_input(variant: str, ref: TaskRef) -> dict:
@@ -53,11 +54,30 @@ def workflow_input(variant: str, ref: TaskRef) -> dict:
 class TemporalVariant(Variant):
     name = "temporal"
 
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        # task id -> (monotonic time its rows are claimed again, its backoff), until a signal of
+        # it goes through (held_tasks)
+        self._held: dict[str, tuple[float, float]] = {}
+
     async def start(self) -> None:
         self.client = await Client.connect(self.ctx.settings.temporal_address)
         self._wake = asyncio.Event()
         self._signals = asyncio.Semaphore(RELAY_CONCURRENCY)
         self.spawn(self._relay_forever(), "temporal outbox relay")
+
+    def held_tasks(self, now: float) -> list[str]:
+        """Tasks whose rows wait out their own backoff: a task whose signal failed (its workflow
+        refused it, or did not answer in time) waits on its own. Backing the whole relay off for
+        it held every other task's rows of this pod back by up to RELAY_BACKOFF_MAX_S, pass after
+        pass. The whole relay backs off only when every signal of a pass fails (Temporal down)."""
+        for task_id in [t for t, (until, _) in self._held.items() if until < now - RELAY_HOLD_FORGET_S]:
+            del self._held[task_id]  # its rows went another way (another pod's relay): start afresh
+        return [task_id for task_id, (until, _) in self._held.items() if until > now]
+
+    def next_due_s(self, now: float) -> float:
+        """Seconds until the relay looks again unwoken: RELAY_IDLE_S, sooner if a held task is due."""
+        return min([RELAY_IDLE_S] + [max(0.0, until - now) for until, _ in self._held.values() if until > now])
 
     async def health(self) -> None:
         if not await self.client.service_client.check_health():
@@ -81,7 +101,7 @@ class TemporalVariant(Variant):
                 await asyncio.sleep(backoff)
             else:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), RELAY_IDLE_S)
+                    await asyncio.wait_for(self._wake.wait(), self.next_due_s(time.monotonic()))
                     await self._linger()
                 except asyncio.TimeoutError:
                     pass
@@ -107,10 +127,12 @@ class TemporalVariant(Variant):
     async def relay_once(self) -> int:
         """Signal the outbox's oldest rows that no other relay holds; delete the ones signalled.
         Returns how many rows were claimed."""
+        held = self.held_tasks(time.monotonic())
         async with self.ctx.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT event_id, task_id, agent_id, payload FROM outbox WHERE variant = $1
-                   ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""", self.name, RELAY_BATCH)
+                   AND NOT task_id = ANY($3::text[])
+                   ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""", self.name, RELAY_BATCH, held)
             if not rows:
                 return 0
             # one signal per task for all of its claimed rows (a burst to a task costs one
@@ -126,9 +148,20 @@ class TemporalVariant(Variant):
                     for r in group]
             await conn.execute("DELETE FROM outbox WHERE variant = $1 AND event_id = ANY($2::text[])",
                                self.name, done)
-        failed = [res for res in results if isinstance(res, BaseException)]
-        if failed:
-            raise failed[0]
+        now = time.monotonic()
+        failed = []
+        for group, res in zip(groups, results):
+            task_id = group[0]["task_id"]
+            if not isinstance(res, BaseException):
+                self._held.pop(task_id, None)
+                continue
+            backoff = min(RELAY_BACKOFF_MAX_S, max(0.1, self._held.get(task_id, (0.0, 0.0))[1] * 2))
+            self._held[task_id] = (now + backoff, backoff)
+            failed.append((task_id, res, backoff))
+        if len(failed) > 1 and len(failed) == len(groups):
+            raise failed[0][1]  # nothing went through (Temporal down): the whole relay backs off
+        for task_id, exc, backoff in failed:
+            log.warning("outbox relay: the signal of task %r failed (%r); its rows wait %.1f s", task_id, exc, backoff)
         return len(rows)
 
     async def signal(self, payloads: list[dict]) -> None:
