@@ -212,3 +212,53 @@ def path_echo():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one raw HTTP/1.1 exchange with 127.0.0.1:port (the gateway
+    answers with Connection: close or a Content-Length)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _length(data: bytes) -> int:
+    head = data[:data.index(b"\r\n\r\n")].decode("latin-1").lower()
+    for line in head.split("\r\n"):
+        if line.startswith("content-length:"):
+            return int(line.split(":", 1)[1])
+    return 1 << 30  # no length: read until the gateway closes
+
+
+# What nginx itself refuses, before a pod sees it: (raw request, status). Each must get the
+# gateway's JSON-RPC error (-32600), never nginx's HTML page; and /<variant> without its slash a
+# JSON-RPC 404, not a 301 to /<variant>/.
+GATEWAY_REFUSALS = (
+    (b"POST /locked/api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9437184\r\n\r\n", 413),
+    (b"GET /locked/tasks/" + b"x" * 10000 + b"/state HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /locked/healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 20000 + b"\r\n\r\n", 431),
+    (b"GET /locked/tasks/%00/state HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"POST /locked/api HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"POST /locked/api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST /locked HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", 404),
+    (b"GET /agent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
+)
+
+
+def assert_gateway_refusals(port: int) -> None:
+    for request, status in GATEWAY_REFUSALS:
+        got, headers, body = raw_http(port, request)
+        assert got == status and headers.get("Content-Type", "").startswith("application/json"), (
+            request[:60], got, headers, body[:200])
+        assert json.loads(body)["error"]["code"] == -32600, (request[:60], body[:200])

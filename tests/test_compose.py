@@ -504,7 +504,8 @@ def test_compose_gateway_routes_through_docker_dns_and_answers_json_for_the_rest
     start); a pod gets the client's own path minus the prefix, percent-encoding and slashes as
     sent (a task id "a/b" is one segment, %2F); a variant not started gets the gateway's JSON-RPC
     503; a path under no variant a JSON-RPC 404, never nginx's HTML page."""
-    from helpers import GATEWAY_ROUTES, assert_gateway_routes, free_port, http, nginx_running, path_echo
+    from helpers import (GATEWAY_ROUTES, assert_gateway_refusals, assert_gateway_routes, free_port, http,
+                         nginx_running, path_echo)
     dns_port, stop_dns = stub_dns({"pod-locked": "127.0.0.1", "pod-agent": "127.0.0.1"})
     port = free_port()
     try:
@@ -522,6 +523,7 @@ def test_compose_gateway_routes_through_docker_dns_and_answers_json_for_the_rest
                     assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), path
                     prefix = "/" + path.split("/")[1] + "/"  # it names what is not there
                     assert f"no pod behind {prefix} answered" in body["error"]["message"], body
+                assert_gateway_refusals(port)
     finally:
         stop_dns()
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (GATEWAY_ROUTES, assert_gateway_routes, free_port, get_state, http, new_id, nginx_running,
-                     path_echo, send_event, wait_until)
+from helpers import (GATEWAY_ROUTES, assert_gateway_refusals, assert_gateway_routes, free_port, get_state, http,
+                     new_id, nginx_running, path_echo, send_event, wait_until)
 from racelab.config import AGENT_VARIANT, ALL_VARIANTS, Settings
 from racelab.lab.topology import nginx_conf, paths
 
@@ -51,7 +51,7 @@ def test_native_gateway_passes_the_path_as_sent_and_answers_json_for_the_rest(tm
     nginx_dir = paths(settings)["nginx"]
     (nginx_dir / "tmp").mkdir(parents=True)
     with path_echo() as echo:
-        conf = re.sub(r"server 127\.0\.0\.1:\d+;", f"server 127.0.0.1:{echo};", nginx_conf(settings))
+        conf = re.sub(r"server 127\.0\.0\.1:\d+ ", f"server 127.0.0.1:{echo} ", nginx_conf(settings))
         (nginx_dir / "nginx.conf").write_text(conf)
         with nginx_running(nginx_dir / "nginx.conf", nginx_dir, port):
             g = f"http://127.0.0.1:{port}"
@@ -64,6 +64,7 @@ def test_native_gateway_passes_the_path_as_sent_and_answers_json_for_the_rest(tm
                 status, headers, body = http("POST", f"{g}/{variant}/api", b"{}")
                 assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), variant
                 assert f"variant {variant} is not running" in body["error"]["message"]
+            assert_gateway_refusals(port)
 
 
 def test_native_gateway_without_an_agent_says_how_to_start_one(tmp_path):
@@ -79,3 +80,40 @@ def test_native_gateway_without_an_agent_says_how_to_start_one(tmp_path):
             status, headers, body = http("POST", f"http://127.0.0.1:{port}{path}", b"{}")
             assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", -32001), path
             assert "make up AGENT=" in body["error"]["message"], path
+
+
+def test_the_gateway_sends_to_a_pod_again_a_second_after_it_failed(tmp_path):
+    """nginx marks a pod that refused a connection as failed for fail_timeout: its default (10 s)
+    held a variant at 503 for 9.4 s after its pods were all back."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    port, pod = free_port(), free_port()
+    settings = Settings(state_dir=tmp_path, gateway_port=port, variants=("locked",))
+    nginx_dir = paths(settings)["nginx"]
+    (nginx_dir / "tmp").mkdir(parents=True)
+    conf = re.sub(r"server 127\.0\.0\.1:\d+ ", f"server 127.0.0.1:{pod} ", nginx_conf(settings))
+    (nginx_dir / "nginx.conf").write_text(conf)
+    with nginx_running(nginx_dir / "nginx.conf", nginx_dir, port):
+        status, _, body = http("POST", f"http://127.0.0.1:{port}/locked/api", b"{}")  # every pod down
+        assert (status, body["error"]["code"]) == (503, -32001)
+
+        class Pod(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+        server = ThreadingHTTPServer(("127.0.0.1", pod), Pod)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            time.sleep(2.5)  # past the 1-s fail_timeout (nginx counts whole seconds: up to 2), inside its default 10 s
+            assert http("POST", f"http://127.0.0.1:{port}/locked/api", b"{}")[:1] == (200,)
+        finally:
+            server.shutdown()
+            server.server_close()

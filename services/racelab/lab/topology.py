@@ -204,7 +204,7 @@ def prometheus_conf(settings: Settings) -> str:
 
 # What the gateway does, the same natively and in compose (racelab.lab.compose).
 GATEWAY_PROXY = """\
-    # the pods answer oversized bodies themselves, with a JSON-RPC error
+    # the pods answer oversized bodies themselves, with a JSON-RPC error (over 8 MiB, the gateway)
     client_max_body_size 8m;
     client_body_buffer_size 8m;
     proxy_http_version 1.1;
@@ -225,21 +225,42 @@ GATEWAY_PROXY = """\
         "~^(?<prefix>/[a-z][a-z-]*/)" $prefix;
         default "/";
     }"""
-GATEWAY_HEALTHZ = """\
-        location = /healthz { return 200 '{"status":"ok","role":"gateway"}'; default_type application/json; }
-        # nginx's own errors (no pod answers: killed, restarting, paused past the timeout) as
-        # JSON-RPC errors a client can act on, never an HTML page; the pods' own replies pass as they are
-        error_page 502 503 504 = @unavailable;
-        location @unavailable {
-            default_type application/json;
-            add_header Retry-After 1 always;
-            return 503 '{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"no pod behind $gateway_prefix answered (not started in this lab, or down); retry"}}';
-        }
-        # a path under no variant of this lab: a JSON-RPC error too (the pods' own 404 says the same)
-        location / {
-            default_type application/json;
-            return 404 '{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"no such path: the gateway serves /<variant>/api and /<variant>/tasks/<task id>/state"}}';
-        }"""
+def _json_error(status: int, code: int, message: str, extra: str = "") -> str:
+    return (f"default_type application/json;{extra} return {status} "
+            f"""'{{"jsonrpc":"2.0","id":null,"error":{{"code":{code},"message":"{message}"}}}}';""")
+
+
+# What nginx itself refuses, before any pod sees the request, as JSON-RPC errors (it answered with
+# HTML pages: a body over 8 MiB, a 10,000-character task id, a 20-KB header, %00 in the path, a
+# request line it cannot parse). Each is a URI location, not a named one: a request whose line
+# nginx could not parse has no URI, and error_page to a named location then gave a 500.
+NO_SUCH_PATH = "no such path: the gateway serves /<variant>/api and /<variant>/tasks/<task id>/state"
+_GATEWAY_REFUSALS = (
+    (400, 400, "bad HTTP request: nginx could not parse its request line, headers or body framing"),
+    (404, 404, NO_SUCH_PATH),  # nginx's own 404s only: a pod's 404 passes as it is
+    (413, 413, "request body over 8 MiB (client_max_body_size): refused by the gateway"),
+    (414, 414, "request URI too long"),
+    (494, 431, "request header fields too large"),  # 494: nginx's own code for that 400
+)
+# /unguarded without its slash: nginx answered a 301 to /unguarded/ (a proxy_pass location's
+# redirect), where the JSON-RPC 404 of a path under no variant is due
+GATEWAY_PREFIXES = ALL_VARIANTS + (AGENT_VARIANT, "agentex", "agent-pods", "bare")
+
+GATEWAY_HEALTHZ = "\n".join([
+    """        location = /healthz { return 200 '{"status":"ok","role":"gateway"}'; default_type application/json; }""",
+    "        # nginx's own errors (no pod answers: killed, restarting, paused past the timeout) as",
+    "        # JSON-RPC errors a client can act on, never an HTML page; the pods' own replies pass as they are",
+    "        error_page 502 503 504 = @unavailable;",
+    "        location @unavailable { " + _json_error(
+        503, -32001, "no pod behind $gateway_prefix answered (not started in this lab, or down); retry",
+        " add_header Retry-After 1 always;") + " }",
+    *(f"        error_page {nginx_status} = /__gateway_error/{status};\n"
+      f"        location = /__gateway_error/{status} {{ internal; {_json_error(status, -32600, message)} }}"
+      for nginx_status, status, message in _GATEWAY_REFUSALS),
+    *(f"        location = /{prefix} {{ return 404; }}" for prefix in GATEWAY_PREFIXES),
+    "        # a path under no variant of this lab: a JSON-RPC error too (the pods' own 404 says the same)",
+    "        location / { return 404; }",
+])
 
 
 def gateway_not_running(prefix: str, what: str, start: str) -> str:
@@ -259,9 +280,18 @@ def gateway_not_running(prefix: str, what: str, start: str) -> str:
 UPSTREAM_KEEPALIVE = 256
 
 
+# How long nginx skips a pod after a request to it failed (connection refused: killed,
+# restarting). nginx's default, 10 s, held a variant at 503 for 9.4 s after its three pods were
+# back (each had been marked failed), most of a fault's 15-s recovery budget. At 1 s (1-2 s: nginx
+# counts whole seconds) a dead pod costs one refused connection a second, and nginx passes that
+# request on to the next pod.
+UPSTREAM_FAIL_TIMEOUT = "1s"
+
+
 def nginx_upstream(name: str, addresses) -> str:
     """An upstream block of the gateway: round-robin over addresses (host:port), idle connections kept."""
-    servers = "\n".join(f"        server {address};" for address in addresses)
+    servers = "\n".join(f"        server {address} max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT};"
+                         for address in addresses)
     return f"    upstream {name} {{\n{servers}\n        keepalive {UPSTREAM_KEEPALIVE};\n    }}"
 
 
