@@ -29,6 +29,31 @@ async def test_create_send_cancel(lab, variant):
     status, reply = await send_event(lab.settings, variant, task, f"{task}-e2")
     assert status == 409 and reply["error"]["code"] == -32602 and "cancelled" in reply["error"]["message"]
     assert await table_counts(lab.settings, task) == before
+    await assert_resend_after_cancel_is_acked(lab, variant, task, f"{task}-e1", before)
+
+
+async def assert_resend_after_cancel_is_acked(lab, variant: str, task: str, event_id: str, tables: dict) -> None:
+    """A client that lost the ack of an event the task recorded before its cancel retries it: the
+    retry is acked as any re-send is (it got 409 "cancelled" for an event that was accepted and
+    applied), and nothing is recorded or processed again."""
+    for _ in range(2):
+        status, reply = await send_event(lab.settings, variant, task, event_id)
+        assert (status, reply.get("result")) == (200, {"status": "processing"}), reply
+    c = (await counts_for(lab.settings, task))[variant]
+    assert (c.accepted, c.applied, c.duplicates, c.counter_drift) == (1, 1, 0, 0), c
+    assert await table_counts(lab.settings, task) == tables
+
+
+@pytest.mark.parametrize("variant", ["temporal-naive", "queue"])
+async def test_resend_after_cancel_with_a_handoff(lab, variant):
+    """The variants whose event is handed off in the transaction that records it."""
+    if variant not in lab.settings.variants:
+        pytest.skip(f"the lab does not run {variant}")
+    task = new_id(f"life-{variant}")
+    assert (await send_event(lab.settings, variant, task, f"{task}-e1"))[0] == 200
+    assert (await counts_for(lab.settings, task))[variant].applied == 1
+    assert (await post(lab.settings, variant, task_call("task/cancel", task)))[0] == 200
+    await assert_resend_after_cancel_is_acked(lab, variant, task, f"{task}-e1", await table_counts(lab.settings, task))
 
 
 async def test_cancel_ends_the_temporal_workflow(lab):

@@ -164,8 +164,9 @@ $$;
 -- each statement in it takes a fresh snapshot, after the order lock: it sees what the lock's
 -- previous holder (another call, a cancel) committed.
 -- A row per event, in order. status null: the event id was recorded for another task, nothing
--- written; status 'cancelled': nothing written; seq null otherwise: a re-send (or an id twice in
--- the arrays). The task row is created after the task's first recorded event, so an id that
+-- written; status 'cancelled': nothing written; 'cancelled-resend': the re-send of an event the
+-- task recorded before its cancel, nothing written; seq null otherwise: a re-send (or an id twice
+-- in the arrays). The task row is created after the task's first recorded event, so an id that
 -- another task takes at the same moment (both pass the first check, under different order locks)
 -- leaves no task row either. p_outboxes: the outbox row of each event (the temporal variant's
 -- relay; null for none), in the same transaction, for a new event and again for a re-send.
@@ -188,7 +189,12 @@ BEGIN
                    AND (e.task_id <> p_task_id OR e.agent_id <> p_agent_id)) THEN
             record_events.status := NULL;  -- another task's: refused, nothing written
         ELSIF task_status = 'cancelled' THEN
-            NULL;  -- refused, nothing written
+            -- refused, nothing written; but an event the task recorded before its cancel is acked
+            -- again, as any re-send is (a client retrying an ack it lost was told 409 "cancelled"
+            -- for an event that was accepted and applied)
+            IF EXISTS (SELECT 1 FROM events e WHERE e.variant = p_variant AND e.event_id = p_event_ids[i]) THEN
+                record_events.status := 'cancelled-resend';
+            END IF;
         ELSE
             INSERT INTO events AS e (variant, event_id, task_id, agent_id, sequence_id, content)
             VALUES (p_variant, p_event_ids[i], p_task_id, p_agent_id, p_sequence_ids[i], p_contents[i])
@@ -238,6 +244,11 @@ CREATE TABLE IF NOT EXISTS runs (
 
 class TaskCancelled(Exception):
     pass
+
+
+class ResentAfterCancel(Exception):
+    """The re-send of an event its task recorded before it was cancelled: acked again, as any
+    re-send is, but nothing is processed for a cancelled task."""
 
 
 class EventIdConflict(Exception):
@@ -328,10 +339,13 @@ DATA_ERRORS = (asyncpg.exceptions.DataError,               # class 22: a value P
 
 
 def _recorded(event: Event, row: asyncpg.Record) -> int | None:
-    """What record_events' row says: cancelled, refused (an id of another task) raise; the new
+    """What record_events' row says: cancelled, refused (an id of another task) raise, and so does
+    the re-send of an event recorded before its task's cancel (acked, with no processing); the new
     event's seq, or None for a re-send."""
     if row["status"] == "cancelled":
         raise TaskCancelled(event.task_id)
+    if row["status"] == "cancelled-resend":
+        raise ResentAfterCancel(event.task_id)
     if row["status"] is None:
         raise EventIdConflict(event.event_id)
     return row["seq"]

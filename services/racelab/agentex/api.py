@@ -606,6 +606,8 @@ async def dispatch(ctx: Ctx, pool, req: protocol.Request) -> dict:
         task = await ensure_task(ctx, pool, ref, req.rpc_id)
         try:
             await db.record_event(pool, VARIANT, event)
+        except db.ResentAfterCancel:  # acked again, as any re-send; a cancelled task forwards nothing
+            return {"status": "processing"}
         except db.TaskCancelled:
             raise protocol.RpcError(protocol.INVALID_PARAMS, f"invalid params: task {event.task_id!r} is cancelled",
                                     http_status=409, rpc_id=req.rpc_id) from None

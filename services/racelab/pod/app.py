@@ -148,6 +148,8 @@ async def dispatch(variant: Variant, req: protocol.Request) -> dict:
             else:  # group commit: with the task's events that arrive meanwhile, in one statement
                 seq = await variant.ctx.recorder.record(variant.name, event, outbox)
                 fresh = seq is not None
+        except db.ResentAfterCancel:
+            return {"status": "processing"}
         except db.TaskCancelled:
             raise RpcError(protocol.INVALID_PARAMS, f"invalid params: task {event.task_id!r} is cancelled",
                            http_status=409, rpc_id=req.rpc_id) from None
