@@ -164,13 +164,17 @@ async def test_state_of_unknown_task_is_404(lab):
 
 @pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
 async def test_long_values_within_the_limits_are_accepted(lab, variant):
-    """A 300 KB string and a 100 KB key are valid JSON that every store holds: accepted, recorded."""
-    task = new_id("long-values")
-    body = valid(task, new_id("ev"))
-    body["params"]["event"]["content"].update(content="x" * 300_000, **{"k" * 100_000: "v"})
-    status, reply = await post(lab.settings, variant, body)
-    assert status == 200 and reply["result"] == {"status": "processing"}
-    assert (await table_counts(lab.settings, task))["events"] == 1
+    """A 300 KB string and a 100 KB key, 530,000 letters, 100,000 emoji (a 400-KB body, 1.2 MB as
+    JSON with non-ASCII escaped: refused while the limit was 512 KiB) are valid JSON that every store
+    holds: accepted, recorded."""
+    for content in ({"content": "x" * 300_000, "k" * 100_000: "v"}, {"content": "x" * 530_000},
+                    {"content": "\U0001F642" * 100_000}):
+        task = new_id("long-values")
+        body = valid(task, new_id("ev"))
+        body["params"]["event"]["content"].update(content)
+        status, reply = await post(lab.settings, variant, None, raw=json.dumps(body, ensure_ascii=False).encode())
+        assert status == 200 and reply["result"] == {"status": "processing"}, reply
+        assert (await table_counts(lab.settings, task))["events"] == 1
 
 
 async def get_raw(url: str):
