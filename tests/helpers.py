@@ -46,6 +46,12 @@ async def send_events(settings, variant: str, task_id: str, event_ids, first_seq
     return [status for status, _ in replies]
 
 
+def task_call(method: str, task_id: str) -> dict:
+    """A task/create or task/cancel request."""
+    return {"jsonrpc": "2.0", "id": f"{method}-{task_id}", "method": method,
+            "params": {"agent": dict(AGENT), "task": {"id": task_id, "name": "lifecycle"}}}
+
+
 async def get_state(settings, variant: str, task_id: str, agent_id: str = AGENT["id"]):
     async with aiohttp.ClientSession() as session:
         async with session.get(state_url(settings.gateway_url, variant, task_id, agent_id)) as resp:

@@ -2,13 +2,7 @@
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from racelab.clients.burst import AGENT
-from helpers import counts_for, get_state, new_id, post, send_event, table_counts, wait_until
-
-
-def task_call(method: str, task_id: str) -> dict:
-    return {"jsonrpc": "2.0", "id": f"{method}-{task_id}", "method": method,
-            "params": {"agent": dict(AGENT), "task": {"id": task_id, "name": "lifecycle"}}}
+from helpers import counts_for, get_state, new_id, post, send_event, table_counts, task_call, wait_until
 
 
 @pytest.mark.parametrize("variant", ["unguarded", "locked", "temporal"])
