@@ -135,3 +135,89 @@ async def test_a_long_event_text_is_recorded_and_attributed(stack):
     assert (await http.post(f"{stub}/v1/chat/completions", json={"model": "m", "messages": messages})).status == 200
     rows = await pool.fetch("SELECT event_id FROM effects WHERE variant = 'agent' AND task_id = $1", task)
     assert [r["event_id"] for r in rows] == [e1]
+
+
+SDK_CONTENTS = [  # one of each kind the agentex SDK's TaskMessageContent takes, extra fields and all
+    {"type": "text", "author": "user", "content": "hi", "format": "markdown", "attachments": None},
+    {"type": "data", "author": "agent", "data": {"k": [1, 2]}},
+    {"type": "tool_request", "author": "agent", "tool_call_id": "c1", "name": "f", "arguments": {"x": 1}},
+    {"type": "tool_response", "author": "agent", "tool_call_id": "c1", "name": "f", "content": None, "is_error": False},
+    {"type": "reasoning", "author": "agent", "summary": ["s"], "content": ["c"]},
+]
+NOT_SDK_CONTENTS = [{}, {"foo": 1}, {"type": "bogus", "author": "user", "content": "x"},
+                    {"type": "text", "content": "x"}, {"type": "text", "author": "robot", "content": "x"},
+                    {"type": "text", "author": "user", "content": 5}, {"type": "data", "author": "user", "data": [1]},
+                    {"type": "tool_request", "author": "agent", "name": "f", "arguments": {}},
+                    {"type": "tool_response", "author": "agent", "tool_call_id": "c", "name": "f"},
+                    {"type": "reasoning", "author": "agent", "summary": [1]}]
+
+
+async def test_content_the_agents_sdk_would_refuse_is_refused_before_it_is_recorded(stack):
+    """It was recorded, forwarded, refused by the agent's SDK, answered 503 (retry forever) and
+    counted lost, the agent blamed."""
+    http, api, calls, pool = stack["http"], stack["api"], stack["calls"], stack["pool"]
+    task = f"api-{uuid.uuid4().hex[:8]}"
+    for content in SDK_CONTENTS:
+        body = send(task, str(uuid.uuid4()), "x")
+        body["params"]["event"]["content"] = content
+        resp = await http.post(f"{api}/acp/api", json=body)
+        assert resp.status == 200, (content, await resp.text())
+    calls.clear()
+    for content in NOT_SDK_CONTENTS:
+        body = send(task, str(uuid.uuid4()), "x")
+        body["params"]["event"]["content"] = content
+        resp = await http.post(f"{api}/acp/api", json=body)
+        reply = await resp.json()
+        assert (resp.status, reply["error"]["code"]) == (400, -32602), (content, reply)
+    assert calls == []  # nothing forwarded
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE variant = 'agent' AND task_id = $1",
+                               task) == len(SDK_CONTENTS)
+
+
+async def test_every_answer_is_json(stack):
+    """aiohttp's text pages ("500 Internal Server Error / Server got itself in trouble", "405:
+    Method Not Allowed") for a body a store refuses or a route that is not there: Agentex's
+    {"detail": ...} on the REST routes, a JSON-RPC error on the ACP ones."""
+    http, api = stack["http"], stack["api"]
+    task = f"api-{uuid.uuid4().hex[:8]}"
+    assert (await http.post(f"{api}/acp/api", json=send(task, str(uuid.uuid4()), "x"))).status == 200
+    rest = [("GET", "/agents?limit=99999999999999999999", None, 422),
+            ("POST", "/states", {"task_id": task, "agent_id": "y", "state": {"a": "\u0000"}}, 422),
+            ("POST", "/messages", {"task_id": task, "content": {"a": "\u0000"}}, 422),
+            ("POST", "/messages/batch", {"task_id": task, "contents": [1, "a", None]}, 422),
+            ("POST", "/agents/register", {"name": "zz", "acp_url": 5}, 422),
+            ("POST", "/agents/register", {"name": "zz2", "agent_id": {"a": 1}}, 422),
+            ("POST", "/spans", {"id": 5}, 422),
+            ("GET", "/nosuch", None, 404), ("DELETE", "/agents", None, 405)]
+    for method, path, body, status in rest:
+        resp = await http.request(method, api + path, json=body)
+        assert resp.status == status and "detail" in await resp.json(), (method, path, resp.status, await resp.text())
+    for method, path, status in (("GET", "/acp/api", 405), ("PUT", "/acp/api", 405), ("GET", "/acp/nosuch", 404)):
+        resp = await http.request(method, api + path)
+        reply = await resp.json()
+        assert (resp.status, reply["jsonrpc"], reply["error"]["code"]) == (status, "2.0", -32600), (path, reply)
+
+
+async def test_task_create_after_cancel_says_cancelled(stack):
+    """as the lab's pods answer (it said "running" while the task stayed CANCELED)"""
+    http, api = stack["http"], stack["api"]
+    task = f"api-{uuid.uuid4().hex[:8]}"
+    call = {"jsonrpc": "2.0", "id": 1, "params": {"agent": {"id": "ag"}, "task": {"id": task}}}
+    assert (await (await http.post(f"{api}/acp/api", json={**call, "method": "task/create"})).json())["result"] == {
+        "status": "running"}
+    assert (await http.post(f"{api}/acp/api", json={**call, "method": "task/cancel"})).status == 200
+    assert (await (await http.post(f"{api}/acp/api", json={**call, "method": "task/create"})).json())["result"] == {
+        "status": "cancelled"}
+
+
+async def test_a_task_whose_creator_died_is_taken_as_created(stack):
+    """A pod killed between announcing a task and marking it ready left `ready` false for good:
+    every later event of the task waited 33 s. Past the creator's deadline (counted from the
+    task's creation), the next delivery marks it ready and goes on."""
+    http, api, pool = stack["http"], stack["api"], stack["pool"]
+    task = f"api-{uuid.uuid4().hex[:8]}"
+    assert (await http.post(f"{api}/acp/api", json=send(task, str(uuid.uuid4()), "x"))).status == 200
+    await pool.execute("UPDATE agentex_tasks SET ready = false, created_at = created_at - interval '1 hour' "
+                       "WHERE id = $1", task)
+    assert (await http.post(f"{api}/acp/api", json=send(task, str(uuid.uuid4()), "y"))).status == 200
+    assert await pool.fetchval("SELECT ready FROM agentex_tasks WHERE id = $1", task) is True

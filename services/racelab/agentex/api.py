@@ -41,12 +41,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 from .. import db, metrics, protocol
 from ..checker import invariant
 from ..config import AGENT_VARIANT, Settings
-from ..pod.app import failure_response
+from ..pod.app import classify_failure, failure_response, json_errors
 from . import schema
 
 log = logging.getLogger("racelab.agentex")
@@ -75,6 +76,37 @@ def iso(t: datetime | None) -> str | None:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler) -> web.StreamResponse:
+    """Whatever escapes a handler is answered as JSON, never aiohttp's text page ("500 Internal
+    Server Error / Server got itself in trouble", "405: Method Not Allowed"): the ACP routes
+    (/acp/...) with a JSON-RPC error object, as the lab's pods; the REST routes with Agentex's
+    {"detail": ...}: a dependency down 503 + Retry-After, a body or query a store refused (a NUL,
+    a number out of range, a value of the wrong type) 422, a bug 500 (logged)."""
+    if request.path.startswith("/acp/"):
+        return await json_errors(request, handler)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return web.json_response({"detail": exc.reason}, status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+    except Exception as exc:
+        kind = classify_failure(exc)
+        if kind and kind[0] == "unavailable":
+            log.warning("%s %s: %s unavailable: %r", request.method, request.path[:200], kind[1], exc)
+            return web.json_response({"detail": f"service unavailable: {kind[1]} is not answering; retry"},
+                                     status=503, headers={"Retry-After": "1"})
+        if (kind and kind[0] == "data") or isinstance(exc, (TypeError, ValueError, KeyError, AttributeError,
+                                                             asyncpg.IntegrityConstraintViolationError)):
+            # FastAPI, in front of Agentex, refuses a body of the wrong shape with 422
+            detail = kind[1] if kind else f"{type(exc).__name__}: {exc}"
+            return web.json_response({"detail": f"invalid request: {detail[:300]}"}, status=422)
+        log.exception("internal error on %s %s", request.method, request.path[:200])
+        return web.json_response({"detail": "internal error"}, status=500)
 
 
 def problem(status: int, detail: str) -> web.Response:
@@ -493,6 +525,12 @@ async def list_spans(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- the ACP front (variant "agent")
 
+# How long a task's creator may wait for the agent's reply to task/create before its own wait for
+# the agent's state (create_wait_s) starts: the deliveries that find the task being created wait
+# for both.
+CREATOR_REPLY_S = 30.0
+
+
 class AgentUnavailable(Exception):
     pass
 
@@ -559,9 +597,19 @@ async def ensure_task(ctx: Ctx, pool, ref: protocol.TaskRef, rpc_id: Any) -> dic
             await asyncio.sleep(0.05)
         await pool.execute("UPDATE agentex_tasks SET ready = true WHERE id = $1", ref.task_id)
     elif not row["ready"]:  # another delivery is creating it: wait as its client would
-        deadline = time.monotonic() + ctx.create_wait_s + 30.0
-        while time.monotonic() < deadline and not await pool.fetchval(
-                "SELECT ready FROM agentex_tasks WHERE id = $1", ref.task_id):
+        # until the creator's deadline, counted from the task's creation (not from this request):
+        # a creator killed before it set `ready` left every later event of the task waiting the
+        # whole 33 s, each time. Past it, the task is taken as created, as the creator would have.
+        left = await pool.fetchval(
+            "SELECT extract(epoch FROM created_at + make_interval(secs => $2) - clock_timestamp()) "
+            "FROM agentex_tasks WHERE id = $1", ref.task_id, ctx.create_wait_s + CREATOR_REPLY_S)
+        deadline = time.monotonic() + max(0.0, float(left or 0.0))
+        while not (ready := await pool.fetchval("SELECT ready FROM agentex_tasks WHERE id = $1", ref.task_id)):
+            if ready is None:  # the creator failed to announce it and forgot it: announce it here
+                return await ensure_task(ctx, pool, ref, rpc_id)
+            if time.monotonic() >= deadline:
+                await pool.execute("UPDATE agentex_tasks SET ready = true WHERE id = $1", ref.task_id)
+                break
             await asyncio.sleep(0.05)
     return task_json(row)
 
@@ -599,9 +647,39 @@ async def handle_api(request: web.Request) -> web.Response:
     return web.json_response(protocol.result_body(rpc_id, result))
 
 
+# event.content as the agentex SDK's TaskMessageContent takes it (a union on "type"; author
+# "user" or "agent"; each kind's required fields, of their types; extra fields allowed). Agentex
+# refuses anything else before it records; the lab recorded it, the agent's SDK refused it, and
+# it was answered 503 and counted lost. The field -> type checks are only the required ones.
+CONTENT_KINDS = {
+    "text": {"content": str},
+    "data": {"data": dict},
+    "tool_request": {"tool_call_id": str, "name": str, "arguments": dict},
+    "tool_response": {"tool_call_id": str, "name": str, "content": object},
+    "reasoning": {"summary": list},
+}
+
+
+def check_content(content: dict, rpc_id: Any) -> None:
+    def refuse(why: str):
+        raise protocol.RpcError(protocol.INVALID_PARAMS, f'invalid params: "event.content" {why} (as the agentex '
+                                "SDK's TaskMessageContent)", rpc_id=rpc_id)
+    kind = content.get("type")
+    if kind not in CONTENT_KINDS:
+        refuse(f"type must be one of {', '.join(CONTENT_KINDS)}, not {json.dumps(kind)[:60]}")
+    if content.get("author") not in ("user", "agent"):
+        refuse(f'author must be "user" or "agent", not {json.dumps(content.get("author"))[:60]}')
+    for field, kind_of in CONTENT_KINDS[kind].items():
+        if field not in content or (kind_of is not object and not isinstance(content[field], kind_of)):
+            refuse(f"{field} must be {'present' if kind_of is object else 'a ' + kind_of.__name__} for type {kind}")
+    if kind == "reasoning" and not all(isinstance(x, str) for x in content["summary"]):
+        refuse("summary must be a list of strings")
+
+
 async def dispatch(ctx: Ctx, pool, req: protocol.Request) -> dict:
     if req.method == "event/send":
         event = protocol.parse_event_send(req)
+        check_content(event.content, req.rpc_id)
         ref = protocol.TaskRef(event.agent_id, event.task_id, event.task_params)
         task = await ensure_task(ctx, pool, ref, req.rpc_id)
         try:
@@ -619,9 +697,9 @@ async def dispatch(ctx: Ctx, pool, req: protocol.Request) -> dict:
                       {"agent": await agent_shape(ctx, pool, event.agent_id), "task": task, "event": event_json(row)})
         return {"status": "processing"}
     ref = protocol.parse_task(req)
-    if req.method == "task/create":
-        await ensure_task(ctx, pool, ref, req.rpc_id)
-        return {"status": "running"}
+    if req.method == "task/create":  # as the lab's pods answer: the task's status in the lab
+        task = await ensure_task(ctx, pool, ref, req.rpc_id)
+        return {"status": "cancelled" if task["status"] == "CANCELED" else "running"}
     if not await db.cancel_task(pool, VARIANT, ref):
         raise protocol.RpcError(protocol.INVALID_PARAMS, f"invalid params: unknown task {ref.task_id!r}",
                                 http_status=404, rpc_id=req.rpc_id)
@@ -690,7 +768,7 @@ def build_app(settings: Settings, agent_url: str, agent_name: str, pool=None,
         ctx.invariant = invariant.load(settings.agent_path)
     except invariant.InvariantError as exc:
         ctx.invariant_error = str(exc)
-    app = web.Application(client_max_size=protocol.MAX_BODY_BYTES)
+    app = web.Application(client_max_size=protocol.MAX_BODY_BYTES, middlewares=[errors_as_json])
     app[CTX_KEY] = ctx
 
     async def lifecycle(app: web.Application):

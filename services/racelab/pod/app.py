@@ -33,7 +33,10 @@ _PG_DOWN = (asyncpg.PostgresConnectionError,      # class 08: connection failure
             asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
             asyncpg.exceptions.PostgresSystemError,  # class 58: I/O errors
             asyncpg.exceptions.TransactionRollbackError,  # class 40: a deadlock; a retry succeeds
-            asyncpg.InterfaceError)                   # the connection is closed or broken
+            asyncpg.InterfaceError,                   # the connection is closed or broken
+            # "cannot switch to state N; another operation is in progress": a connection whose
+            # server went away mid-query (seen only while PostgreSQL was being killed)
+            asyncpg.InternalClientError)
 _DEPENDENCY_MODULES = (("asyncpg", "PostgreSQL"), ("redis", "Redis"), ("temporalio", "Temporal"))
 
 
