@@ -122,7 +122,7 @@ ifdef AGENT
 endif
 
 burst:
-	$(COMPOSE) exec -T checker python -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS)
+	$(COMPOSE) exec -T checker python -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS) $(if $(VARIANT),--variant $(VARIANT))
 
 verify:
 	$(COMPOSE) exec -T checker python -m racelab.checker
@@ -172,7 +172,7 @@ urls:
 	@$(PY) -m racelab.lab urls
 
 burst:
-	@$(PY) -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS)
+	@$(PY) -m racelab.clients.burst --tasks $(TASKS) --events $(EVENTS) $(if $(VARIANT),--variant $(VARIANT))
 
 verify:
 	@$(PY) -m racelab.checker

@@ -103,8 +103,16 @@ def env_dir(agent_dir: Path, version: tuple[int, int], python: str) -> Path:
 def ensure(agent_dir: str | Path, say=print) -> Path:
     """The agent's virtualenv, built if missing. Returns its directory."""
     agent_dir = Path(agent_dir).resolve()
-    if not (agent_dir / "project").is_dir() and not os.environ.get("RACELAB_AGENT_APP"):
-        raise AgentEnvError(f"{agent_dir}: not an Agentex agent project (no project/ folder with acp.py)")
+    if not agent_dir.is_dir():
+        raise AgentEnvError(f"{agent_dir}: no such folder (AGENT= names your agent's project folder)")
+    if not os.environ.get("RACELAB_AGENT_APP"):
+        from .lab import app_spec
+        module = app_spec(agent_dir).split(":")[0].replace(".", "/")
+        # the app's module must be there: a project/ folder without acp.py passed, and the lab
+        # then waited 180 s for agents that could not start
+        if not ((agent_dir / f"{module}.py").is_file() or (agent_dir / module / "__init__.py").is_file()):
+            raise AgentEnvError(f"{agent_dir}: not an Agentex agent project (no {module}.py: the ASGI app "
+                                f"{app_spec(agent_dir)!r}, as its Dockerfile's uvicorn command or Agentex's default)")
     python, version = find_python()
     venv = env_dir(agent_dir, version, python)
     if (venv / STAMP).is_file():

@@ -285,9 +285,24 @@ async def healthy(inst: Instance, settings: Settings, session: aiohttp.ClientSes
         return False
 
 
+CRASH_LOOP_STARTS = 3  # a program supervisor started this often while the lab waited for it
+
+
+def process_starts(settings: Settings) -> dict[str, int] | None:
+    """supervisor's start time of each program (a new one at every restart); None without supervisor."""
+    try:
+        return {info["name"]: info["start"] for info in supervisor_rpc(settings).getAllProcessInfo()}
+    except Exception:  # no supervisor (a test's own), or it does not answer: no crash-loop check
+        return None
+
+
 async def wait_healthy(insts: list[Instance], settings: Settings, timeout_s: float = 60.0) -> None:
+    """Until every instance answers healthy. A program that keeps exiting at start (an agent
+    that raises at import: supervisor restarts it 20 times) is an error at its third start
+    (`up` shows its log), instead of after the whole timeout (180 s with an agent)."""
     start = time.monotonic()
     pending = {i.name: i for i in insts}
+    starts: dict[str, set] = {}
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while pending:
@@ -298,6 +313,12 @@ async def wait_healthy(insts: list[Instance], settings: Settings, timeout_s: flo
                     del pending[inst.name]
             if not pending:
                 return
+            for name, started in ((await asyncio.to_thread(process_starts, settings)) or {}).items():
+                if name in pending and started:
+                    starts.setdefault(name, set()).add(started)
+                    if len(starts[name]) >= CRASH_LOOP_STARTS:
+                        raise LabError(f"{name} keeps exiting at start ({len(starts[name])} starts in "
+                                       f"{time.monotonic() - start:.0f} s): see its log below", [name])
             if time.monotonic() - start > timeout_s:
                 raise LabError("not healthy after %.0f s: %s" % (timeout_s, ", ".join(pending)), list(pending))
             await asyncio.sleep(0.2)
