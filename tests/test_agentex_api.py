@@ -3,6 +3,7 @@ process, on the session lab's PostgreSQL, with a fake agent that records what it
 real SDK's round trip and the real agents run in `make test-agent` (tests/test_agent_examples.py)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -221,3 +222,28 @@ async def test_a_task_whose_creator_died_is_taken_as_created(stack):
                        "WHERE id = $1", task)
     assert (await http.post(f"{api}/acp/api", json=send(task, str(uuid.uuid4()), "y"))).status == 200
     assert await pool.fetchval("SELECT ready FROM agentex_tasks WHERE id = $1", task) is True
+
+
+async def test_the_agents_state_writes_give_its_events_apply_times(stack, tmp_path, monkeypatch):
+    """The agent's own state says nothing of time: the API keeps when each entry of the
+    invariant's list first appeared in a state it wrote, and the checker gives the agent's events
+    those apply times (the agent had no apply latency; `make load` reported it applying 0/s)."""
+    from racelab.checker.counts import compute
+    from racelab.checker.read import snapshot
+    http, api, pool = stack["http"], stack["api"], stack["pool"]
+    monkeypatch.setenv("RACELAB_AGENT", str(tmp_path))  # the checker reads the invariant the API has
+    task = f"api-{uuid.uuid4().hex[:8]}"
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for i, e in enumerate(ids):
+        assert (await http.post(f"{api}/acp/api", json=send(task, e, f"m{i} {task}"))).status == 200
+    state = await (await http.post(f"{api}/states", json={"task_id": task, "agent_id": "ag",
+                                                          "state": {"n": 1, "h": ids[:1]}})).json()
+    await asyncio.sleep(0.3)
+    await http.put(f"{api}/states/{state['id']}", json={"state": {"n": 3, "h": ids}})
+    async with pool.acquire() as conn:
+        logged, states, effects = await snapshot(conn, task)
+    (view,) = [s.state for s in states if s.variant == "agent"]
+    assert view["history"] == ids and len(view["applied_at"]) == 3
+    assert view["applied_at"][1] - view["applied_at"][0] >= 0.3 and view["applied_at"][1] == view["applied_at"][2]
+    c = compute(logged, states, effects)["agent"]
+    assert c.applied == 3 and c.apply_latency_p50_ms is not None and c.apply_latency_p50_ms > 0

@@ -104,3 +104,30 @@ def test_events_without_a_state_are_lost():
 def test_other_variants_untouched():
     s = FinalState("locked", "t", "a", {"history": ["e1"], "processing_count": 1})
     assert translate_states(Invariant(counter="n"), "agent", [s], [], []) == [s]
+
+
+def test_apply_times_follow_the_list_entries_through_the_filter_and_repeats():
+    """The Agentex API model keeps when each list entry first appeared in a state the agent wrote
+    (entry_keys: the entry and its n-th repeat); the lab's view gets them as applied_at, parallel
+    to history, so the agent has apply latencies (it had none: `make load` said it applied 0/s)."""
+    from racelab.checker.invariant import entry_keys
+    inv = Invariant(list="messages", item="content", key="content", where={"role": "user"})
+    first = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "message 1"}]}
+    later = {"messages": first["messages"] + [{"role": "assistant", "content": "ok"},
+                                              {"role": "user", "content": "message 2"},
+                                              {"role": "user", "content": "message 1"}]}  # the same text again
+    applied = {k: 10.0 for k in entry_keys(inv, first)}
+    applied.update({k: 20.0 for k in entry_keys(inv, later) if k not in applied})
+    assert len(set(entry_keys(inv, later))) == 5  # the repeated entry has a key of its own
+    events = EVENTS[:2] + [AgentEvent("t", "a", "e6", 6, "message 1")]
+    view = translate(inv, later, events, applied=applied)
+    assert view["history"] == ["e1", "e2", "e6"] and view["applied_at"] == [10.0, 20.0, 20.0]
+    # an entry without a time (a state from before the times were kept): the times stop there
+    del applied[entry_keys(inv, later)[3]]
+    assert translate(inv, later, events, applied=applied)["applied_at"] == [10.0]
+    # through the checker: apply latencies from those times
+    logged = [LoggedEvent("agent", "t", "a", e.event_id, e.seq, 5.0) for e in events]
+    states = translate_states(inv, "agent", [FinalState("agent", "t", "a", later)], events, [],
+                              {("t", "a"): {k: 10.0 for k in entry_keys(inv, later)}})
+    c = compute(logged, states, [])["agent"]
+    assert (c.applied, c.apply_latency_p50_ms) == (3, 5000.0)

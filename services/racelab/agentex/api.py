@@ -282,6 +282,16 @@ async def set_task_status(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- REST: states
 
+async def record_applied(conn, ctx: Ctx, task_id: str, agent_id: str, state: dict) -> None:
+    """When each entry of the invariant's list first appeared in a state the agent wrote (in the
+    transaction that writes the state): the apply times the checker gives the agent's events."""
+    keys = invariant.entry_keys(ctx.invariant, state)
+    if keys:
+        await conn.execute("""INSERT INTO agentex_applied (task_id, agent_id, entry_key, first_at)
+                              SELECT $1, $2, k, w.t FROM unnest($3::text[]) AS k, (SELECT clock_timestamp() AS t) AS w
+                              ON CONFLICT DO NOTHING""", task_id, agent_id, keys)  # one time per write
+
+
 async def create_state(request: web.Request) -> web.Response:
     body = await body_of(request)
     task_id, agent_id, state = body.get("task_id"), body.get("agent_id"), body.get("state")
@@ -295,6 +305,7 @@ async def create_state(request: web.Request) -> web.Response:
         if state_id is None:
             return problem(409, f"a state for task {task_id} and agent {agent_id} exists already")
         await db.write_state(conn, VARIANT, task_id, agent_id, state)
+        await record_applied(conn, request.app[CTX_KEY], task_id, agent_id, state)
         row = await conn.fetchrow(STATE_SELECT + " WHERE s.id = $1", state_id)
     return web.json_response(state_json(row))
 
@@ -325,6 +336,7 @@ async def update_state(request: web.Request) -> web.Response:
         if ref is None:
             return problem(404, "state not found")
         await db.write_state(conn, VARIANT, ref["task_id"], ref["agent_id"], body["state"])
+        await record_applied(conn, request.app[CTX_KEY], ref["task_id"], ref["agent_id"], body["state"])
         row = await conn.fetchrow(STATE_SELECT + " WHERE s.id = $1", request.match_info["state_id"])
     return web.json_response(state_json(row))
 
@@ -338,6 +350,8 @@ async def delete_state(request: web.Request) -> web.Response:
         await conn.execute("DELETE FROM agentex_states WHERE id = $1", row["id"])
         await conn.execute("DELETE FROM task_states WHERE variant = 'agent' AND task_id = $1 AND agent_id = $2",
                            row["task_id"], row["agent_id"])
+        await conn.execute("DELETE FROM agentex_applied WHERE task_id = $1 AND agent_id = $2",
+                           row["task_id"], row["agent_id"])  # a new state's entries are applied anew
     return web.json_response(state_json(row))
 
 

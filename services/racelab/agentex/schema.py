@@ -36,6 +36,17 @@ CREATE TABLE IF NOT EXISTS agentex_tasks (
     updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS agentex_tasks_by_name ON agentex_tasks (name);
+-- When each entry of the invariant's list (checker.invariant.entry_keys) first appeared in a state
+-- the agent wrote, written with the state: the apply time of the event behind it (the agent's
+-- own state says nothing of time; without it the agent had no apply latency, and `make load`
+-- reported it applying 0 events/s).
+CREATE TABLE IF NOT EXISTS agentex_applied (
+    task_id   text NOT NULL,
+    agent_id  text NOT NULL,
+    entry_key text NOT NULL,
+    first_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (task_id, agent_id, entry_key)
+);
 CREATE TABLE IF NOT EXISTS agentex_states (
     id         text PRIMARY KEY,
     task_id    text NOT NULL,

@@ -25,6 +25,8 @@ lost updates, duplicates and drift for the agent exactly as for the lab's own va
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,10 +138,29 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def entry_keys(inv: Invariant | None, state: Any) -> list[str]:
+    """A key for each entry of the invariant's list in an agent's state: the md5 of the entry's
+    canonical JSON and how many equal entries come before it (the n-th copy of a text is the n-th
+    event with that text). The Agentex API model records when each key first appeared in a state
+    the agent wrote (agentex_applied): the entry's apply time."""
+    if inv is None or not inv.list or not isinstance(state, dict):
+        return []
+    entries = resolve(state, inv.list)
+    keys, seen = [], {}
+    for entry in entries if isinstance(entries, list) else []:
+        digest = hashlib.md5(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        seen[digest] = seen.get(digest, 0) + 1
+        keys.append(f"{digest}:{seen[digest]}")
+    return keys
+
+
 def translate(inv: Invariant | None, state: dict | None, events: list[AgentEvent],
-              served: dict[str, int] | None = None) -> dict:
+              served: dict[str, int] | None = None, applied: dict[str, float] | None = None) -> dict:
     """The lab's view of one task's agent state. events: the task's logged events; served:
-    effect rows per event id. Returns {"history", "processing_count", "invariant", "unmatched"}."""
+    effect rows per event id; applied: when each list entry (entry_keys) first appeared in a state
+    the agent wrote (epoch seconds). Returns {"history", "processing_count", "invariant",
+    "unmatched"}, and "applied_at" (parallel to history, as the lab's variants keep it) as far as
+    those times go."""
     served = served or {}
     ordered = sorted(events, key=lambda e: e.seq)
     state = state if isinstance(state, dict) else {}
@@ -181,8 +202,19 @@ def translate(inv: Invariant | None, state: dict | None, events: list[AgentEvent
                 continue
             unmatched += 1
             history.append(f"?unmatched:{unmatched}")  # a phantom: no accepted event behind it
-        return {**out, "history": history, "unmatched": unmatched,
-                "processing_count": counter if counter is not None else len(history)}
+        out = {**out, "history": history, "unmatched": unmatched,
+               "processing_count": counter if counter is not None else len(history)}
+        if applied:
+            # only the entries the filter kept are in history: their keys, in the same order
+            kept = [k for k, entry in zip(entry_keys(inv, state), entries)
+                    if not inv.where or (isinstance(entry, dict) and all(entry.get(f) == v for f, v in inv.where.items()))]
+            times = []
+            for k in kept:
+                if k not in applied:
+                    break  # (a state written before the times were kept): the rest has no time
+                times.append(applied[k])
+            out["applied_at"] = times
+        return out
     # counter only: how many, not which
     n = max(0, counter or 0)
     candidates = sorted(ordered, key=lambda e: (not served.get(e.event_id), e.seq))
@@ -193,9 +225,11 @@ def translate(inv: Invariant | None, state: dict | None, events: list[AgentEvent
 
 
 def translate_states(inv: Invariant | None, variant: str, states: Iterable, events: Iterable[AgentEvent],
-                     effects: Iterable) -> list:
+                     effects: Iterable, applied: dict[tuple, dict[str, float]] | None = None) -> list:
     """counts.FinalState rows with the agent variant's states replaced by their lab view (one per
-    task of the variant that has events or a state). effects: counts.EffectCount rows."""
+    task of the variant that has events or a state). effects: counts.EffectCount rows; applied:
+    (task, agent) -> its entries' first-seen times (translate)."""
+    applied = applied or {}
     from .counts import FinalState
     by_task: dict[tuple, list[AgentEvent]] = {}
     for e in events:
@@ -212,7 +246,7 @@ def translate_states(inv: Invariant | None, variant: str, states: Iterable, even
         key = (s.task_id, s.agent_id)
         seen.add(key)
         out.append(FinalState(variant, s.task_id, s.agent_id,
-                              translate(inv, s.state, by_task.get(key, []), served.get(key))))
+                              translate(inv, s.state, by_task.get(key, []), served.get(key), applied.get(key))))
     for key, evs in by_task.items():  # events but no state: the agent never wrote one
         if key not in seen:
             out.append(FinalState(variant, key[0], key[1], translate(inv, None, evs, served.get(key))))

@@ -35,6 +35,11 @@ async def agent_states(conn, events, states, effects) -> list:
     rows = await conn.fetch(
         """SELECT task_id, agent_id, event_id, seq, content->>'content' AS text FROM events
            WHERE variant = $1 AND task_id = ANY($2::text[])""", AGENT_VARIANT, tasks)
+    applied: dict[tuple, dict[str, float]] = {}
+    if await conn.fetchval("SELECT to_regclass('agentex_applied') IS NOT NULL"):
+        for r in await conn.fetch("""SELECT task_id, agent_id, entry_key, extract(epoch FROM first_at) AS t
+                                     FROM agentex_applied WHERE task_id = ANY($1::text[])""", tasks):
+            applied.setdefault((r["task_id"], r["agent_id"]), {})[r["entry_key"]] = float(r["t"])
     return invariant.translate_states(invariant.load(Settings.from_env().agent_path), AGENT_VARIANT,
                                       [FinalState(*r) for r in states], [invariant.AgentEvent(*r) for r in rows],
-                                      [EffectCount(*r) for r in effects])
+                                      [EffectCount(*r) for r in effects], applied)
