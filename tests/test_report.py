@@ -50,6 +50,15 @@ def test_report_headline_dates_and_fault_lines(lab, load_run, tmp_path):
         assert svg.count('id="fault-0-kill"') == len(variants)  # one line per variant's subplot
         assert re.search(r"<!-- \d\d:\d\d:\d\d -->", svg)  # tick labels are clock times, not epoch seconds
         assert "since the run started" not in svg
+    assert "locked and temporal lost nothing" in page
+    # a run that drove no guarded variant (VARIANT=agent, unguarded): its verdict judged nothing
+    # ("locked and temporal lost nothing" headed an agent-only run)
+    (run_dir / "checker.json").write_text(json.dumps(
+        {**checker, "variants": {"unguarded": checker["variants"]["unguarded"]}}))
+    done = subprocess.run([sys.executable, "-m", "racelab.report", "--run", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (run_dir / "report.html").read_text()
+    assert "no guarded variant (locked, temporal) in this run" in page and "lost nothing" not in page
 
 
 def test_a_damaged_run_is_a_clear_error_not_a_traceback(tmp_path):

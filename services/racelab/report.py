@@ -176,8 +176,12 @@ def render(run_dir: Path) -> Path:
                      f"</figcaption></figure>")
     settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in run.items())
-    verdict = ("locked and temporal lost nothing, duplicated nothing, no counter drift" if checker["ok"]
-               else "locked or temporal LOST, DUPLICATED or DRIFTED")
+    # the guarded variants the run drove (an agent-only run drove neither: its verdict says so)
+    judged = [v for v in ("locked", "temporal") if (checker.get("variants") or {}).get(v, {}).get("accepted")]
+    names = " and ".join(judged)
+    verdict = ("no guarded variant (locked, temporal) in this run: the counts below are reported, not judged"
+               if not judged else f"{names} lost nothing, duplicated nothing, no counter drift" if checker["ok"]
+               else f"{' or '.join(judged)} LOST, DUPLICATED or DRIFTED")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>racelab run {html.escape(run_dir.name)}</title>
 <style>
