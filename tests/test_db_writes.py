@@ -475,6 +475,15 @@ async def _group_commit(dsn: str) -> None:
         got = await asyncio.gather(*(recorder.record(VARIANT, e) for e in late), return_exceptions=True)
         assert all(isinstance(g, db.TaskCancelled) for g in got)
         assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 32
+        # in one batch, the re-send of an event recorded before the cancel (acked again) and a new
+        # event (refused): each gets its own outcome (the re-send's outcome was given to the whole
+        # batch, and the new event was acked unrecorded: a broken ack)
+        before = calls.count
+        got = await asyncio.gather(recorder.record(VARIANT, events[5]), recorder.record(VARIANT, event(task)),
+                                   return_exceptions=True)
+        assert calls.count == before + 1  # one round trip for the two
+        assert isinstance(got[0], db.ResentAfterCancel) and isinstance(got[1], db.TaskCancelled), got
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE task_id = $1", task) == 32
         assert not recorder._queued  # nothing left waiting
 
 

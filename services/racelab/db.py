@@ -432,7 +432,7 @@ class EventRecorder(GroupCommit):
 
     async def record(self, variant: str, event: Event, outbox: dict | None = None) -> int | None:
         """As record_event without a handoff: the event's seq if new, None for a re-send; raises
-        TaskCancelled, EventIdConflict, or what PostgreSQL raised."""
+        TaskCancelled, EventIdConflict, ResentAfterCancel (each its own item's), or what PostgreSQL raised."""
         return await self._submit((variant, event.task_id, event.agent_id), (event, outbox))
 
     async def _write(self, key: tuple[str, str, str], items: list) -> list:
@@ -445,7 +445,7 @@ class EventRecorder(GroupCommit):
         for event, row in zip(events, rows, strict=True):
             try:
                 outcomes.append(_recorded(event, row))
-            except (TaskCancelled, EventIdConflict) as exc:
+            except (TaskCancelled, EventIdConflict, ResentAfterCancel) as exc:  # this item's own outcome
                 outcomes.append(exc)
         return outcomes
 
