@@ -163,3 +163,59 @@ def test_unmodified_tutorial_agent_with_only_an_invariant(tmp_path):
     with agent_lab(agent, "unguarded") as settings:
         results = burst(settings, "unguarded", tasks=5, events=10)
     assert results["agent"].lost > 0 and results["agent"].counter_drift < 0
+
+
+def content_cases() -> list[dict]:
+    """Each kind of content, each field set to a value of another type or removed, and the
+    shapes without a type."""
+    base = [{"type": "text", "author": "user", "content": "hi"},
+            {"type": "data", "author": "agent", "data": {"k": 1}},
+            {"type": "tool_request", "author": "agent", "tool_call_id": "c", "name": "f", "arguments": {}},
+            {"type": "tool_response", "author": "agent", "tool_call_id": "c", "name": "f", "content": None},
+            {"type": "reasoning", "author": "agent", "summary": ["s"]}]
+    values = [("type", None), ("type", "bogus"), ("type", ["x"]), ("author", "robot"), ("author", None),
+              ("content", 5), ("content", None), ("content", ["a"]), ("content", [1]), ("data", [1]),
+              ("format", 5), ("format", "markdown"), ("format", None), ("style", "bogus"), ("style", "active"),
+              ("style", None), ("attachments", "no"), ("attachments", None),
+              ("attachments", [{"file_id": "f", "name": "n", "size": 3, "type": "t"}]),
+              ("attachments", [{"file_id": "f", "name": "n", "size": "x", "type": "t"}]), ("is_error", "x"),
+              ("is_error", "true"), ("summary", [1]), ("summary", "s"), ("arguments", []), ("name", 5),
+              ("tool_call_id", None), ("extra", 1)]
+    cases = [{}, {"foo": 1}, {"author": "user", "content": "hi"}, {"author": "user", "summary": ["a"]}]
+    for b in base:
+        cases += [b] + [{**b, k: v} for k, v in values] + [{k: v for k, v in b.items() if k != drop} for drop in b]
+    return cases
+
+
+def test_the_content_the_api_refuses_is_what_the_sdk_refuses(agent_venv, tmp_path):
+    """The Agentex API model refuses an event.content before recording it when the agent's SDK
+    would refuse it (racelab.agentex.api.check_content): the same verdict as the SDK's own
+    TaskMessageContent on every case."""
+    import json
+    from racelab.agentex.api import check_content
+    from racelab.protocol import RpcError
+    cases = content_cases()
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    done = subprocess.run([str(agent_venv / "bin" / "python"), "-c", (
+        "import json, sys\n"
+        "from pydantic import TypeAdapter\n"
+        "from agentex.types.task_message_content import TaskMessageContent\n"
+        "ta = TypeAdapter(TaskMessageContent)\n"
+        "def ok(c):\n"
+        "    try:\n"
+        "        ta.validate_python(c)\n"
+        "        return True\n"
+        "    except Exception:\n"
+        "        return False\n"
+        "print(json.dumps([ok(c) for c in json.load(open(sys.argv[1]))]))\n"), str(tmp_path / "cases.json")],
+        capture_output=True, text=True, check=True)
+    sdk = json.loads(done.stdout)
+
+    def lab(content):
+        try:
+            check_content(content, None)
+            return True
+        except RpcError:
+            return False
+    assert [c for c, ok in zip(cases, sdk) if lab(c) != ok] == []
+    assert 0 < sum(sdk) < len(cases)

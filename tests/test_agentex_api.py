@@ -144,13 +144,16 @@ SDK_CONTENTS = [  # one of each kind the agentex SDK's TaskMessageContent takes,
     {"type": "tool_request", "author": "agent", "tool_call_id": "c1", "name": "f", "arguments": {"x": 1}},
     {"type": "tool_response", "author": "agent", "tool_call_id": "c1", "name": "f", "content": None, "is_error": False},
     {"type": "reasoning", "author": "agent", "summary": ["s"], "content": ["c"]},
+    {"author": "user", "content": "no type: text, the SDK's default"},
 ]
 NOT_SDK_CONTENTS = [{}, {"foo": 1}, {"type": "bogus", "author": "user", "content": "x"},
                     {"type": "text", "content": "x"}, {"type": "text", "author": "robot", "content": "x"},
                     {"type": "text", "author": "user", "content": 5}, {"type": "data", "author": "user", "data": [1]},
                     {"type": "tool_request", "author": "agent", "name": "f", "arguments": {}},
                     {"type": "tool_response", "author": "agent", "tool_call_id": "c", "name": "f"},
-                    {"type": "reasoning", "author": "agent", "summary": [1]}]
+                    {"type": "reasoning", "author": "agent", "summary": [1]},
+                    {"type": ["text"], "author": "user", "content": "x"},  # (a 500 at first: unhashable)
+                    {"type": "text", "author": "user", "content": "x", "style": "bogus"}]
 
 
 async def test_content_the_agents_sdk_would_refuse_is_refused_before_it_is_recorded(stack):

@@ -661,33 +661,75 @@ async def handle_api(request: web.Request) -> web.Response:
     return web.json_response(protocol.result_body(rpc_id, result))
 
 
-# event.content as the agentex SDK's TaskMessageContent takes it (a union on "type"; author
-# "user" or "agent"; each kind's required fields, of their types; extra fields allowed). Agentex
-# refuses anything else before it records; the lab recorded it, the agent's SDK refused it, and
-# it was answered 503 and counted lost. The field -> type checks are only the required ones.
-CONTENT_KINDS = {
-    "text": {"content": str},
-    "data": {"data": dict},
-    "tool_request": {"tool_call_id": str, "name": str, "arguments": dict},
-    "tool_response": {"tool_call_id": str, "name": str, "content": object},
-    "reasoning": {"summary": list},
+# event.content as the agentex SDK's TaskMessageContent takes it: a union tried kind by kind (its
+# "discriminator" is not pydantic's), each kind with its type's default, author "user" or
+# "agent", its required fields and its optional ones, of their types. Agentex refuses anything
+# else before it records; the lab recorded it, the agent's SDK refused it, and it was answered
+# 503 and counted lost. (Checked against the SDK's own validation in make test-agent.)
+_STYLES = ("static", "active")
+
+
+def _lax_bool(v: Any) -> bool:  # pydantic's lax bool
+    return (v is None or isinstance(v, bool) or (type(v) is int and v in (0, 1))
+            or (isinstance(v, str) and v.lower() in ("0", "1", "true", "false", "t", "f", "yes", "no", "y", "n",
+                                                      "on", "off")))
+
+
+def _lax_int(v: Any) -> bool:
+    return (type(v) is int or (isinstance(v, float) and v.is_integer())
+            or (isinstance(v, str) and v.strip().lstrip("+-").isdigit()))
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _attachments(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and all(
+        isinstance(a, dict) and all(isinstance(a.get(k), str) for k in ("file_id", "name", "type"))
+        and _lax_int(a.get("size")) for a in v))
+
+
+# kind -> (its required fields and their checks, its optional fields and theirs)
+CONTENT_KINDS: dict[str, tuple[dict, dict]] = {
+    "text": ({"content": lambda v: isinstance(v, str)},
+             {"format": lambda v: v in ("markdown", "plain", "code"), "style": lambda v: v in _STYLES,
+              "attachments": _attachments}),
+    "data": ({"data": lambda v: isinstance(v, dict)}, {"style": lambda v: v in _STYLES}),
+    "tool_request": ({"tool_call_id": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str),
+                      "arguments": lambda v: isinstance(v, dict)}, {"style": lambda v: v in _STYLES}),
+    "tool_response": ({"tool_call_id": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str),
+                       "content": lambda v: True}, {"style": lambda v: v in _STYLES, "is_error": _lax_bool}),
+    "reasoning": ({"summary": _strings},
+                  {"content": lambda v: v is None or _strings(v), "style": lambda v: v is None or v in _STYLES}),
 }
 
 
-def check_content(content: dict, rpc_id: Any) -> None:
-    def refuse(why: str):
-        raise protocol.RpcError(protocol.INVALID_PARAMS, f'invalid params: "event.content" {why} (as the agentex '
-                                "SDK's TaskMessageContent)", rpc_id=rpc_id)
-    kind = content.get("type")
-    if kind not in CONTENT_KINDS:
-        refuse(f"type must be one of {', '.join(CONTENT_KINDS)}, not {json.dumps(kind)[:60]}")
+def content_misfit(kind: str, content: dict) -> str | None:
+    """Why content is not the SDK's `kind` of content (None: it is)."""
+    given = content.get("type", kind)  # absent: the kind's default
+    if not (given == kind or (kind == "reasoning" and given is None)):
+        return f"type is not {kind!r}"
     if content.get("author") not in ("user", "agent"):
-        refuse(f'author must be "user" or "agent", not {json.dumps(content.get("author"))[:60]}')
-    for field, kind_of in CONTENT_KINDS[kind].items():
-        if field not in content or (kind_of is not object and not isinstance(content[field], kind_of)):
-            refuse(f"{field} must be {'present' if kind_of is object else 'a ' + kind_of.__name__} for type {kind}")
-    if kind == "reasoning" and not all(isinstance(x, str) for x in content["summary"]):
-        refuse("summary must be a list of strings")
+        return f'author must be "user" or "agent", not {json.dumps(content.get("author"))[:60]}'
+    required, optional = CONTENT_KINDS[kind]
+    for field, ok in required.items():
+        if field not in content or not ok(content[field]):
+            return f"{field} is {'missing' if field not in content else 'of the wrong type'} for type {kind}"
+    for field, ok in optional.items():
+        if field in content and not ok(content[field]):
+            return f"{field} is not valid for type {kind}: {json.dumps(content[field])[:60]}"
+    return None
+
+
+def check_content(content: dict, rpc_id: Any) -> None:
+    misfits = {kind: content_misfit(kind, content) for kind in CONTENT_KINDS}
+    if all(misfits.values()):
+        kind = content.get("type")
+        why = (misfits[kind] if isinstance(kind, str) and kind in CONTENT_KINDS
+               else f"type must be one of {', '.join(CONTENT_KINDS)}, not {json.dumps(kind)[:60]}")
+        raise protocol.RpcError(protocol.INVALID_PARAMS, f'invalid params: "event.content": {why} (as the agentex '
+                                "SDK's TaskMessageContent takes it)", rpc_id=rpc_id)
 
 
 async def dispatch(ctx: Ctx, pool, req: protocol.Request) -> dict:
