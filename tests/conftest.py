@@ -85,8 +85,8 @@ def start_lab() -> None:
 
 def pytest_collection_finish(session):
     config = session.config
-    if (config.getoption("--lab") == "native" and not config.option.collectonly
-            and any(map(uses_lab, session.items))):
+    if (config.getoption("--lab") == "native" and not config.option.collectonly and not session.testsfailed
+            and not config.option.setupplan and any(map(uses_lab, session.items))):  # (testsfailed: collection errors)
         start_lab()
 
 
@@ -106,8 +106,8 @@ def lab(request):
         return
     if not _starting:
         start_lab()
+    stdout, stderr = _starting["up"].communicate()  # interrupted here: pytest_sessionfinish stops it
     _starting["taken"] = True
-    stdout, stderr = _starting["up"].communicate()
     lab = Lab(Settings.from_env(), owned=True)
     if _starting["up"].returncode != 0:
         lab.down()

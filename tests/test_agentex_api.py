@@ -247,6 +247,6 @@ async def test_the_agents_state_writes_give_its_events_apply_times(stack, tmp_pa
         logged, states, effects = await snapshot(conn, task)
     (view,) = [s.state for s in states if s.variant == "agent"]
     assert view["history"] == ids and len(view["applied_at"]) == 3
-    assert view["applied_at"][1] - view["applied_at"][0] >= 0.3 and view["applied_at"][1] == view["applied_at"][2]
+    assert view["applied_at"][0] < view["applied_at"][1] == view["applied_at"][2]  # one time per write
     c = compute(logged, states, effects)["agent"]
     assert c.applied == 3 and c.apply_latency_p50_ms is not None and c.apply_latency_p50_ms > 0

@@ -245,3 +245,15 @@ def test_an_agent_named_like_the_shared_id_does_not_split_its_task():
     events = [LoggedEvent("locked", "t1", "*", "e1", 1, 100.0), LoggedEvent("locked", "t1", "a2", "e2", 1, 100.0)]
     states = [FinalState("locked", "t1", "a2", {"history": ["e2"], "applied_at": [101.0], "processing_count": 1})]
     assert set(compute(events, states, [])) == {"locked@shared"}
+
+
+def test_the_verdict_line_names_what_it_judged():
+    """`make burst/load VARIANT=agent` said "OK: the guarded variants lost nothing" of a run that
+    drove neither of them."""
+    from racelab.checker.counts import VariantCounts
+    from racelab.checker.quiescence import verdict_line
+    assert verdict_line({"agent": VariantCounts("agent", accepted=5), "locked": VariantCounts("locked")}, []) == (
+        "OK: no guarded variant (locked, temporal) had events: the counts are reported, not judged")
+    assert verdict_line({"locked": VariantCounts("locked", accepted=5), "temporal": VariantCounts("temporal", acked=2)},
+                        []).startswith("OK: locked and temporal lost nothing")
+    assert verdict_line({"locked": VariantCounts("locked", accepted=5)}, ["locked: lost=1"]) == "FAIL: locked: lost=1"

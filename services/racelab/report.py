@@ -177,7 +177,8 @@ def render(run_dir: Path) -> Path:
     settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in run.items())
     # the guarded variants the run drove (an agent-only run drove neither: its verdict says so)
-    judged = [v for v in ("locked", "temporal") if (checker.get("variants") or {}).get(v, {}).get("accepted")]
+    judged = [v for v in ("locked", "temporal")
+              if any((checker.get("variants") or {}).get(v, {}).get(k) for k in ("accepted", "acked"))]
     names = " and ".join(judged)
     verdict = ("no guarded variant (locked, temporal) in this run: the counts below are reported, not judged"
                if not judged else f"{names} lost nothing, duplicated nothing, no counter drift" if checker["ok"]

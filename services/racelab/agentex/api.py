@@ -104,6 +104,8 @@ async def errors_as_json(request: web.Request, handler) -> web.StreamResponse:
                                                              asyncpg.IntegrityConstraintViolationError)):
             # FastAPI, in front of Agentex, refuses a body of the wrong shape with 422
             detail = kind[1] if kind else f"{type(exc).__name__}: {exc}"
+            # logged with its traceback: a bug of the handler would show up the same way
+            log.warning("%s %s: answered 422: %s", request.method, request.path[:200], detail[:300], exc_info=exc)
             return web.json_response({"detail": f"invalid request: {detail[:300]}"}, status=422)
         log.exception("internal error on %s %s", request.method, request.path[:200])
         return web.json_response({"detail": "internal error"}, status=500)
@@ -539,9 +541,9 @@ async def list_spans(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- the ACP front (variant "agent")
 
-# How long a task's creator may wait for the agent's reply to task/create before its own wait for
-# the agent's state (create_wait_s) starts: the deliveries that find the task being created wait
-# for both.
+# How long a task's creator waits for the agent's reply to task/create (its forward's timeout)
+# before its own wait for the agent's state (create_wait_s) starts: the deliveries that find the
+# task being created wait for both, counted from the task's creation, and no longer.
 CREATOR_REPLY_S = 30.0
 
 
@@ -553,15 +555,17 @@ async def registered_agent(ctx: Ctx, pool) -> Any:
     return await pool.fetchrow("SELECT * FROM agentex_agents WHERE name = $1", ctx.agent_name)
 
 
-async def forward(ctx: Ctx, pool, method: str, task_id: str, params: dict) -> dict:
-    """POST {agent}/api as Agentex's server does; the agent's JSON-RPC result, or AgentUnavailable."""
+async def forward(ctx: Ctx, pool, method: str, task_id: str, params: dict, timeout_s: float | None = None) -> dict:
+    """POST {agent}/api as Agentex's server does; the agent's JSON-RPC result, or AgentUnavailable.
+    timeout_s: instead of the session's 60 s."""
     agent = await registered_agent(ctx, pool)
     headers = {"x-request-id": uuid.uuid4().hex}
     if agent is not None:
         headers["x-agent-api-key"] = agent["api_key"]
     body = {"jsonrpc": "2.0", "id": f"{method}-{task_id}", "method": method, "params": params}
     try:
-        async with ctx.session.post(f"{ctx.agent_url}/api", json=body, headers=headers) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
+        async with ctx.session.post(f"{ctx.agent_url}/api", json=body, headers=headers, timeout=timeout) as resp:
             text = await resp.text()
             if resp.status >= 400:
                 raise AgentUnavailable(f"the agent answered HTTP {resp.status}: {text[:300]}")
@@ -600,7 +604,7 @@ async def ensure_task(ctx: Ctx, pool, ref: protocol.TaskRef, rpc_id: Any) -> dic
         try:
             await forward(ctx, pool, "task/create", ref.task_id,
                           {"agent": await agent_shape(ctx, pool, ref.agent_id), "task": task_json(row),
-                           "params": ref.task_params or None})
+                           "params": ref.task_params or None}, timeout_s=CREATOR_REPLY_S)
         except BaseException:
             # the agent never heard of the task: forget it, so the client's retry announces it again
             await pool.execute("DELETE FROM agentex_tasks WHERE id = $1 AND NOT ready", ref.task_id)
@@ -616,7 +620,7 @@ async def ensure_task(ctx: Ctx, pool, ref: protocol.TaskRef, rpc_id: Any) -> dic
         # whole 33 s, each time. Past it, the task is taken as created, as the creator would have.
         left = await pool.fetchval(
             "SELECT extract(epoch FROM created_at + make_interval(secs => $2) - clock_timestamp()) "
-            "FROM agentex_tasks WHERE id = $1", ref.task_id, ctx.create_wait_s + CREATOR_REPLY_S)
+            "FROM agentex_tasks WHERE id = $1", ref.task_id, ctx.create_wait_s + CREATOR_REPLY_S + 2.0)  # (+ slack)
         deadline = time.monotonic() + max(0.0, float(left or 0.0))
         while not (ready := await pool.fetchval("SELECT ready FROM agentex_tasks WHERE id = $1", ref.task_id)):
             if ready is None:  # the creator failed to announce it and forgot it: announce it here

@@ -15,7 +15,7 @@ import sys
 from ..config import Settings
 from .counts import table
 from .ledger import LedgerError, ledger_files, read_ledger
-from .quiescence import verdict, wait_for_quiescence
+from .quiescence import verdict, verdict_line, wait_for_quiescence
 
 
 def seconds(text: str) -> float:
@@ -64,8 +64,7 @@ def main() -> None:
         print(table(results))
         if not quiescent:
             print(f"NOT QUIESCENT after {args.timeout:.0f} s: counts may still change")
-        print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing, "
-              "applied nothing twice, no counter drift")
+        print(verdict_line(results, problems))
     sys.exit(3 if not quiescent else 1 if problems else 0)
 
 

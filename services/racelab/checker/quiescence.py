@@ -67,6 +67,17 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             await asyncio.sleep(poll_s)
 
 
+def verdict_line(results: dict[str, VariantCounts], problems: list[str], guarded=GUARDED) -> str:
+    """The one-line verdict: FAIL with the problems, else OK naming the guarded variants that had
+    events; a run that drove none of them (VARIANT=agent, unguarded) says nothing was judged."""
+    if problems:
+        return "FAIL: " + "; ".join(problems)
+    judged = [v for v in guarded if (c := results.get(v)) is not None and (c.accepted or c.acked)]
+    if not judged:
+        return f"OK: no guarded variant ({', '.join(guarded)}) had events: the counts are reported, not judged"
+    return (f"OK: {' and '.join(judged)} lost nothing, applied nothing twice, no broken ack, no counter drift")
+
+
 def verdict(results: dict[str, VariantCounts], guarded=GUARDED) -> list[str]:
     """What is wrong with the guarded variants: any broken ack, lost update, duplicate
     application, phantom, unworked application or counter drift."""

@@ -27,7 +27,7 @@ import aiohttp
 import yarl
 
 from ..checker.ledger import LedgerEntry, LedgerError, LedgerWriter
-from ..checker.quiescence import verdict, wait_for_quiescence
+from ..checker.quiescence import verdict, verdict_line, wait_for_quiescence
 from .retry import Outcome, RetryPolicy, classify, parse_retry_after, redeliver, redelivery_delay
 from ..checker.counts import table
 from ..config import AGENT_VARIANT, ALL_VARIANTS, Settings
@@ -276,7 +276,7 @@ def main() -> None:
             print("  " + d)
         if out["errors"]:
             print(f"{len(out['errors'])} requests were not acked; first: {out['errors'][0]}")
-        print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing")
+        print(verdict_line(results, problems))
     sys.exit(1 if problems or out["disagreements"] or not out["quiescent"] else 0)
 
 

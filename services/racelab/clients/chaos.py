@@ -175,7 +175,7 @@ def main() -> None:
 
     async def run_all() -> None:
         cancel_on_sigterm()  # a fault in progress undoes itself (a paused pod is resumed)
-        for kind in args.fault or KINDS:
+        for kind in dict.fromkeys(args.fault or KINDS):  # each kind once (its ledger is ledger-<kind>.jsonl)
             outcome = await chaos_one(settings, kind, variants, args.tasks, args.events, args.spread, args.at,
                                       args.dup_rate, run_dir, progress=lambda m: print(m, flush=True))
             faults.extend(asdict(f) for f in outcome.faults)

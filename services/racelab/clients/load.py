@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import db
-from ..checker.quiescence import verdict, wait_for_quiescence
+from ..checker.quiescence import verdict, verdict_line, wait_for_quiescence
 from ..checker.throughput import keep_up
 from ..checker.counts import table
 from ..checker.ledger import read_ledger
@@ -301,8 +301,7 @@ def main() -> None:
             f"{v} {'never' if r is None else f'{r:.1f} s'}" for v, r in recovery.items()))
     if not distinct:
         problems.append("no event was acked: nothing was measured (see locust.log)")
-    print("FAIL: " + "; ".join(problems) if problems else "OK: the guarded variants lost nothing, "
-          "applied nothing twice, no broken ack, no counter drift")
+    print(verdict_line(results, problems))
     print(f"results: {run_dir}  (make report writes report.html there)")
     sys.exit(1 if problems or not quiescent or (args.faults and run.get("nemesis_exit_code")) else 0)
 

@@ -16,7 +16,7 @@ import time
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from .. import metrics
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, TASK_QUEUE, WORKFLOW_NAME
@@ -38,6 +38,9 @@ RELAY_QUIET_S = 0.05
 RELAY_LINGER_MAX_S = 0.5
 RELAY_BACKOFF_MAX_S = 2.0  # while Temporal or PostgreSQL is down, or one task's signal fails
 RELAY_SIGNAL_TIMEOUT_S = 10.0  # a relay pass gives up on a Temporal that does not answer
+# what Temporal answers while it is down or overloaded (a refusal has another status)
+TEMPORAL_DOWN = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED,
+                 RPCStatusCode.CANCELLED, RPCStatusCode.UNKNOWN)
 TASK_CALL_TIMEOUT_S = 3.0  # task/create and task/cancel wait this long for Temporal, then go on
 RELAY_HOLD_FORGET_S = 10.0  # a held task not retried this long after its hold ended starts afresh
 
@@ -191,8 +194,12 @@ class TemporalVariant(Variant):
             await asyncio.wait_for(self.client.start_workflow(
                 WORKFLOW_NAME, workflow_input(self.name, ref), id=ref.task_id, task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING), TASK_CALL_TIMEOUT_S)
-        except (RPCError, asyncio.TimeoutError) as exc:
+        except RPCError as exc:
+            if exc.status not in TEMPORAL_DOWN:
+                raise  # a refusal (an argument Temporal will not take) is the client's answer
             log.warning("task/create %r: its workflow starts with its first event (Temporal: %r)", ref.task_id, exc)
+        except asyncio.TimeoutError:
+            log.warning("task/create %r: Temporal did not answer; its workflow starts with its first event", ref.task_id)
 
     async def on_task_cancelled(self, ref: TaskRef) -> None:
         await cancel_workflow(self.client, ref.task_id)
