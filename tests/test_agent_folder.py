@@ -38,6 +38,6 @@ def test_a_program_that_keeps_exiting_at_start_is_an_error_at_its_third_start(tm
     monkeypatch.setattr(native, "healthy", never_healthy)
     insts = [Instance(name="agent-1", service=None, argv=(), port=28300)]
     with pytest.raises(native.LabError) as refused:
-        asyncio.run(native.wait_healthy(insts, Settings(state_dir=tmp_path), timeout_s=60))
+        asyncio.run(native.wait_healthy(insts, Settings(state_dir=tmp_path), timeout_s=60, crash_loop=True))
     assert "agent-1 keeps exiting at start (3 starts" in refused.value.args[0]
     assert refused.value.args[1] == ["agent-1"]  # `up` shows its log

@@ -296,10 +296,12 @@ def process_starts(settings: Settings) -> dict[str, int] | None:
         return None
 
 
-async def wait_healthy(insts: list[Instance], settings: Settings, timeout_s: float = 60.0) -> None:
+async def wait_healthy(insts: list[Instance], settings: Settings, timeout_s: float = 60.0,
+                       crash_loop: bool = False) -> None:
     """Until every instance answers healthy. A program that keeps exiting at start (an agent
     that raises at import: supervisor restarts it 20 times) is an error at its third start
-    (`up` shows its log), instead of after the whole timeout (180 s with an agent)."""
+    (`up` shows its log), instead of after the whole timeout (180 s with an agent): crash_loop,
+    for `up` only (after a restart of Temporal, its workers may restart while they reconnect)."""
     start = time.monotonic()
     pending = {i.name: i for i in insts}
     starts: dict[str, set] = {}
@@ -313,7 +315,8 @@ async def wait_healthy(insts: list[Instance], settings: Settings, timeout_s: flo
                     del pending[inst.name]
             if not pending:
                 return
-            for name, started in ((await asyncio.to_thread(process_starts, settings)) or {}).items():
+            starts_now = (await asyncio.to_thread(process_starts, settings)) if crash_loop else None
+            for name, started in (starts_now or {}).items():
                 if name in pending and started:
                     starts.setdefault(name, set()).add(started)
                     if len(starts[name]) >= CRASH_LOOP_STARTS:
@@ -414,7 +417,8 @@ def up(settings: Settings) -> int:
                 rpc.startProcess(inst.name, False)
             try:
                 # a user's agent imports agentex-sdk (litellm, openai-agents...): tens of seconds on a busy machine
-                asyncio.run(wait_healthy(insts, settings, timeout_s=180.0 if settings.agent_path else 60.0))
+                asyncio.run(wait_healthy(insts, settings, timeout_s=180.0 if settings.agent_path else 60.0,
+                                         crash_loop=True))
             except LabError as exc:
                 for name in (exc.args[1] if len(exc.args) > 1 else []):
                     say(f"--- last lines of {name}.log ---\n{log_tail(settings, name)}")
