@@ -250,3 +250,5 @@ async def test_the_agents_state_writes_give_its_events_apply_times(stack, tmp_pa
     assert view["applied_at"][0] < view["applied_at"][1] == view["applied_at"][2]  # one time per write
     c = compute(logged, states, effects)["agent"]
     assert c.applied == 3 and c.apply_latency_p50_ms is not None and c.apply_latency_p50_ms > 0
+    endpoint = await (await http.get(f"{api}/acp/tasks/{task}/state", params={"agent_id": "ag"})).json()
+    assert endpoint["state"]["applied_at"] == view["applied_at"]  # the state endpoint agrees with the checker

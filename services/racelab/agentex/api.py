@@ -781,10 +781,13 @@ async def agent_view(ctx: Ctx, pool, task_id: str, agent_id: str) -> tuple[dict 
         served = await conn.fetch("""SELECT event_id, count(*) AS n FROM effects
                                      WHERE variant = 'agent' AND task_id = $1 AND agent_id = $2
                                      GROUP BY event_id""", task_id, agent_id)
+        applied = await conn.fetch("""SELECT entry_key, extract(epoch FROM first_at) AS t FROM agentex_applied
+                                      WHERE task_id = $1 AND agent_id = $2""", task_id, agent_id)
     if row is None and not events:
         return None, None, None
     view = invariant.translate(ctx.invariant, row["state"] if row else None,
-                               [invariant.AgentEvent(*e) for e in events], {r["event_id"]: r["n"] for r in served})
+                               [invariant.AgentEvent(*e) for e in events], {r["event_id"]: r["n"] for r in served},
+                               {r["entry_key"]: float(r["t"]) for r in applied})  # as the checker sees it
     return view, (row["state"] if row else None), (row["updated_at"] if row else None)
 
 
