@@ -191,9 +191,9 @@ def assert_gateway_routes(gateway: str, routes, json_404_paths) -> None:
 
 
 @contextlib.contextmanager
-def path_echo():
-    """An HTTP server on 127.0.0.1 standing in for a pod: answers every request with the path
-    (and query) it was sent, as JSON. Yields its port."""
+def path_echo(port: int = 0):
+    """An HTTP server on 127.0.0.1 (port: a given one, else a free one) standing in for a pod:
+    answers every request with the path (and query) it was sent, as JSON. Yields its port."""
     import http.server
     import threading
 
@@ -210,7 +210,7 @@ def path_echo():
 
         def log_message(self, *args):
             pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Echo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

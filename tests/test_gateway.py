@@ -85,9 +85,7 @@ def test_native_gateway_without_an_agent_says_how_to_start_one(tmp_path):
 def test_the_gateway_sends_to_a_pod_again_a_second_after_it_failed(tmp_path):
     """nginx marks a pod that refused a connection as failed for fail_timeout: its default (10 s)
     held a variant at 503 for 9.4 s after its pods were all back."""
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     port, pod = free_port(), free_port()
     settings = Settings(state_dir=tmp_path, gateway_port=port, variants=("locked",))
     nginx_dir = paths(settings)["nginx"]
@@ -99,26 +97,10 @@ def test_the_gateway_sends_to_a_pod_again_a_second_after_it_failed(tmp_path):
         status, _, body = http("POST", f"http://127.0.0.1:{port}/locked/api", b"{}")  # every pod down
         assert (status, body["error"]["code"]) == (503, -32001)
 
-        class Pod(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args):
-                pass
-        server = ThreadingHTTPServer(("127.0.0.1", pod), Pod)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            # the pod is served again once its fail_timeout has passed (1 s; nginx counts whole
+        with path_echo(port=pod):  # the pod is back
+            # it is served again once its fail_timeout has passed (1 s; nginx counts whole
             # seconds, so up to 2): by 5 s, where nginx's default held it out for 10
             deadline = time.monotonic() + 5
             while http("POST", f"http://127.0.0.1:{port}/locked/api", b"{}")[0] != 200:
                 assert time.monotonic() < deadline, "the gateway still skips the pod after 5 s"
                 time.sleep(0.2)
-        finally:
-            server.shutdown()
-            server.server_close()

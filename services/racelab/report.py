@@ -29,6 +29,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .checker.counts import COLUMNS, HEADERS  # noqa: E402
+from .checker.quiescence import judged_variants  # noqa: E402
 from .clients.load import results_root  # noqa: E402
 
 COLORS = {"unguarded": "#d62728", "locked": "#1f77b4", "temporal": "#2ca02c"}
@@ -176,9 +177,7 @@ def render(run_dir: Path) -> Path:
                      f"</figcaption></figure>")
     settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in run.items())
-    # the guarded variants the run drove (an agent-only run drove neither: its verdict says so)
-    judged = [v for v in ("locked", "temporal")
-              if any((checker.get("variants") or {}).get(v, {}).get(k) for k in ("accepted", "acked"))]
+    judged = judged_variants(checker.get("variants") or {})  # an agent-only run drove neither: so it says
     names = " and ".join(judged)
     verdict = ("no guarded variant (locked, temporal) in this run: the counts below are reported, not judged"
                if not judged else f"{names} lost nothing, duplicated nothing, no counter drift" if checker["ok"]

@@ -694,18 +694,24 @@ def _attachments(v: Any) -> bool:
         and _lax_int(a.get("size")) for a in v))
 
 
+def _is(kind: type):
+    return lambda v: isinstance(v, kind)
+
+
+def _style(v: Any) -> bool:
+    return v in _STYLES
+
+
 # kind -> (its required fields and their checks, its optional fields and theirs)
 CONTENT_KINDS: dict[str, tuple[dict, dict]] = {
-    "text": ({"content": lambda v: isinstance(v, str)},
-             {"format": lambda v: v in ("markdown", "plain", "code"), "style": lambda v: v in _STYLES,
-              "attachments": _attachments}),
-    "data": ({"data": lambda v: isinstance(v, dict)}, {"style": lambda v: v in _STYLES}),
-    "tool_request": ({"tool_call_id": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str),
-                      "arguments": lambda v: isinstance(v, dict)}, {"style": lambda v: v in _STYLES}),
-    "tool_response": ({"tool_call_id": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str),
-                       "content": lambda v: True}, {"style": lambda v: v in _STYLES, "is_error": _lax_bool}),
+    "text": ({"content": _is(str)},
+             {"format": lambda v: v in ("markdown", "plain", "code"), "style": _style, "attachments": _attachments}),
+    "data": ({"data": _is(dict)}, {"style": _style}),
+    "tool_request": ({"tool_call_id": _is(str), "name": _is(str), "arguments": _is(dict)}, {"style": _style}),
+    "tool_response": ({"tool_call_id": _is(str), "name": _is(str), "content": _is(object)},
+                      {"style": _style, "is_error": _lax_bool}),
     "reasoning": ({"summary": _strings},
-                  {"content": lambda v: v is None or _strings(v), "style": lambda v: v is None or v in _STYLES}),
+                  {"content": lambda v: v is None or _strings(v), "style": lambda v: v is None or _style(v)}),
 }
 
 

@@ -182,10 +182,12 @@ def translate(inv: Invariant | None, state: dict | None, events: list[AgentEvent
                 by_text.setdefault(e.text, []).append(e.event_id)
         used: dict[str, int] = {}
         unmatched = 0
-        for entry in entries:
+        kept_keys: list = []  # entry_keys of the entries in history, in its order (hashed only with times)
+        for entry, entry_key in zip(entries, entry_keys(inv, state) if applied else [None] * len(entries)):
             if inv.where:
                 if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in inv.where.items()):
                     continue
+            kept_keys.append(entry_key)
             value = entry.get(inv.key, _MISSING) if inv.key else entry
             if inv.key and not isinstance(entry, dict):
                 value = _MISSING
@@ -205,11 +207,8 @@ def translate(inv: Invariant | None, state: dict | None, events: list[AgentEvent
         out = {**out, "history": history, "unmatched": unmatched,
                "processing_count": counter if counter is not None else len(history)}
         if applied:
-            # only the entries the filter kept are in history: their keys, in the same order
-            kept = [k for k, entry in zip(entry_keys(inv, state), entries)
-                    if not inv.where or (isinstance(entry, dict) and all(entry.get(f) == v for f, v in inv.where.items()))]
             times = []
-            for k in kept:
+            for k in kept_keys:
                 if k not in applied:
                     break  # (a state written before the times were kept): the rest has no time
                 times.append(applied[k])

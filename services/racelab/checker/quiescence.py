@@ -67,12 +67,17 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             await asyncio.sleep(poll_s)
 
 
+def judged_variants(counts: dict[str, dict], guarded=GUARDED) -> list[str]:
+    """The guarded variants a run drove (events accepted or acked), from the counts as dicts (the
+    checker's JSON): a run that drove none of them (VARIANT=agent, unguarded) judged nothing."""
+    return [v for v in guarded if any((counts.get(v) or {}).get(k) for k in ("accepted", "acked"))]
+
+
 def verdict_line(results: dict[str, VariantCounts], problems: list[str], guarded=GUARDED) -> str:
-    """The one-line verdict: FAIL with the problems, else OK naming the guarded variants that had
-    events; a run that drove none of them (VARIANT=agent, unguarded) says nothing was judged."""
+    """The one-line verdict: FAIL with the problems, else OK naming the guarded variants judged."""
     if problems:
         return "FAIL: " + "; ".join(problems)
-    judged = [v for v in guarded if (c := results.get(v)) is not None and (c.accepted or c.acked)]
+    judged = judged_variants({v: c.as_dict() for v, c in results.items()}, guarded)
     if not judged:
         return f"OK: no guarded variant ({', '.join(guarded)}) had events: the counts are reported, not judged"
     return (f"OK: {' and '.join(judged)} lost nothing, applied nothing twice, no broken ack, no counter drift")

@@ -244,7 +244,10 @@ _GATEWAY_REFUSALS = (
 )
 # /unguarded without its slash: nginx answered a 301 to /unguarded/ (a proxy_pass location's
 # redirect), where the JSON-RPC 404 of a path under no variant is due
-GATEWAY_PREFIXES = ALL_VARIANTS + (AGENT_VARIANT, "agentex", "agent-pods", "bare")
+# variant "agent"'s routes (racelab.agentex.lab.nginx_parts, compose.compose_nginx_conf): its ACP
+# front, the Agentex REST API, the agent's own pods
+AGENT_PREFIXES = (AGENT_VARIANT, "agentex", "agent-pods")
+GATEWAY_PREFIXES = ALL_VARIANTS + AGENT_PREFIXES + ("bare",)
 
 GATEWAY_HEALTHZ = "\n".join([
     """        location = /healthz { return 200 '{"status":"ok","role":"gateway"}'; default_type application/json; }""",
@@ -266,9 +269,9 @@ GATEWAY_HEALTHZ = "\n".join([
 def gateway_not_running(prefix: str, what: str, start: str) -> str:
     """A location for a variant the lab knows but does not run: the gateway's JSON-RPC 503, as with
     Docker Compose (whose nginx finds no pod to resolve), saying how to start it."""
-    return (f"        location /{prefix}/ {{ default_type application/json; add_header Retry-After 1 always; "
-            f"""return 503 '{{"jsonrpc":"2.0","id":null,"error":{{"code":-32001,"message":"{what} """
-            f"""is not running in this lab (make down, then {start})"}}}}'; }}""")
+    return (f"        location /{prefix}/ {{ " + _json_error(
+        503, -32001, f"{what} is not running in this lab (make down, then {start})",
+        " add_header Retry-After 1 always;") + " }")
 
 
 # Idle connections nginx keeps open to an upstream's pods (nginx's keepalive: one cache per
@@ -313,7 +316,7 @@ def nginx_conf(settings: Settings) -> str:
                   for v in ALL_VARIANTS if v not in settings.variants]
     if AGENT_VARIANT not in settings.variants:  # its routes (racelab.agentex.lab.nginx_parts)
         locations += [gateway_not_running(prefix, "variant agent (your agent)", "make up AGENT=<its folder>")
-                      for prefix in (AGENT_VARIANT, "agentex", "agent-pods")]
+                      for prefix in AGENT_PREFIXES]
     # /bare/: the benchmark's baseline (racelab.bench), the same path to as many bare pods (ack
     # after one INSERT); they run only while make bench does
     upstreams.append(nginx_upstream("bench-bare", (f"{settings.host}:{settings.bare_pod_port(r)}"
