@@ -16,10 +16,9 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as redis
 from redis.exceptions import LockError
 
-from .. import db, metrics
+from .. import db, metrics, redis_client
 from ..protocol import Event
 from ..state import apply_events
 from . import Variant
@@ -46,7 +45,7 @@ class CursorSkip(Variant):
         async with self.ctx.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('racelab skip_events schema'))")
             await conn.execute(SCHEMA)  # the pods start together: one creates, the others find it
-        self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
+        self.redis = redis_client.client(self.ctx.settings.redis_url)
         await self.redis.ping()
         self._wanted: set[Key] = set()
         self._drainers: dict[Key, asyncio.Task] = {}

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
-import redis.asyncio as redis
 from redis.exceptions import LockError
 
-from .. import db, metrics
+from .. import db, metrics, redis_client
 from ..model import model_latency_ms
 from ..protocol import Event
 from ..state import apply_events, state_agent
@@ -41,9 +40,7 @@ class LockOnly(Variant):
     async def start(self) -> None:
         # every waiting handler polls the lock: they queue for one of REDIS_CONNECTIONS
         # connections rather than fail on a full pool (and leave a lock unreleased)
-        pool = redis.BlockingConnectionPool.from_url(self.ctx.settings.redis_url, max_connections=REDIS_CONNECTIONS,
-                                                     timeout=None)
-        self.redis = redis.Redis(connection_pool=pool)
+        self.redis = redis_client.blocking_client(self.ctx.settings.redis_url, REDIS_CONNECTIONS)
         await self.redis.ping()
 
     async def stop(self) -> None:

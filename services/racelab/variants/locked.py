@@ -33,10 +33,9 @@ import logging
 import time
 import uuid
 
-import redis.asyncio as redis
 from redis.exceptions import LockError
 
-from .. import db, metrics
+from .. import db, metrics, redis_client
 from ..protocol import Event
 from ..state import apply_events, state_agent
 from . import Variant
@@ -112,7 +111,7 @@ class Locked(Variant):
     name = "locked"
 
     async def start(self) -> None:
-        self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
+        self.redis = redis_client.client(self.ctx.settings.redis_url)
         await self.redis.ping()
         self._lease_ms = int(self.ctx.settings.lock_ttl_s * 1000)
         self._try, self._finish, self._renew_script, self._release = (

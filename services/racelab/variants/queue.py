@@ -23,7 +23,7 @@ import time
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
-from .. import db, metrics
+from .. import db, metrics, redis_client
 from ..config import Settings
 from ..model import Model, model_latency_ms
 from ..protocol import Event
@@ -51,7 +51,7 @@ class Queue(Variant):
     name = NAME
 
     async def start(self) -> None:
-        self.redis = redis.Redis.from_url(self.ctx.settings.redis_url)
+        self.redis = redis_client.client(self.ctx.settings.redis_url)
         await ensure_group(self.redis)
 
     async def stop(self) -> None:
@@ -175,7 +175,7 @@ async def serve(port: int, name: str) -> None:
     settings = Settings.from_env()
     metrics.init(NAME)
     pool = await db.create_pool(settings.pg_dsn)
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis_client.client(settings.redis_url, decode_responses=True)
     runner = await metrics.serve_health_and_metrics("queue-worker", settings.host, port)
     work = asyncio.create_task(QueueWorker(name, settings, pool, r).run())
     stop = asyncio.Event()
