@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
+from concurrent.futures import Future
 
 import asyncpg
 import pytest
 
+from helpers import SHARED_BURSTS
 from racelab import db
+from racelab.clients.burst import burst_and_check, register_run
 from racelab.config import DEFAULT_VARIANTS, Settings
 
 # Ports of the test lab: apart from the defaults, so `make test` works beside `make up`, and below
@@ -46,6 +51,11 @@ def pytest_addoption(parser):
                      help="native: start a lab for this session; existing: use the running lab of the environment")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_burst(name): the module's tests share helpers.SHARED_BURSTS[name], "
+                                       "started in the background once the session's lab is up")
+
+
 class Lab:
     def __init__(self, settings: Settings, owned: bool):
         self.settings = settings
@@ -64,37 +74,139 @@ def uses_lab(item) -> bool:
     return "lab" in getattr(item, "fixturenames", ())  # directly or through another fixture
 
 
+def uses_load(item) -> bool:
+    return "load_run" in getattr(item, "fixturenames", ())
+
+
+def early_burst_of(item) -> str | None:
+    marker = item.get_closest_marker("shared_burst")
+    return marker.args[0] if marker and uses_lab(item) and SHARED_BURSTS[marker.args[0]]["early"] else None
+
+
 def pytest_collection_modifyitems(config, items):
     # The tests that need no lab first: they run while the session's lab starts in the background
-    # (start_lab), which took about 13 s of make test on 2 cores. The sort is stable: the lab's
-    # tests keep their order among themselves (test_zz_lab_down last).
-    items[:] = sorted(items, key=uses_lab)
+    # (start_lab), which took about 13 s of make test on 2 cores, and then the session's load
+    # (load_run, another 20 s) and the early shared bursts. Next the modules whose tests read that load,
+    # while it is the lab's newest run (the dashboard's "this run"). The sort is stable: the other
+    # lab tests keep their order among themselves (test_zz_lab_down last).
+    load_modules = {item.path for item in items if uses_load(item)}
+    items[:] = sorted(items, key=lambda item: (uses_lab(item), item.path not in load_modules))
 
 
-_starting: dict = {}  # the session lab's `up`, started when collection ends; the lab fixture takes it
+# The session lab's `up`, started when collection ends, then the session's load: the lab and
+# load_run fixtures take them. The shared bursts, by name (the shared_burst fixture takes them),
+# and the directories of the load's results and the bursts' ledgers (removed at the end).
+_starting: dict = {}
+_bursts: dict[str, Future] = {}
+_scratch: list[str] = []
 
 
-def start_lab() -> None:
+def start_lab(with_load: bool = False, bursts: tuple[str, ...] = ()) -> None:
     state_dir = tempfile.mkdtemp(prefix="racelab-test-", dir="/var/tmp")
     os.chmod(state_dir, 0o755)  # PostgreSQL runs as the postgres user and must reach its data dir
     os.environ.update(TEST_ENV, RACELAB_STATE_DIR=state_dir)
+    thread = threading.Thread(target=_bring_up, args=(with_load, bursts), name="session lab", daemon=True)
+    _starting.update(state_dir=state_dir, thread=thread)
+    thread.start()
+
+
+def _bring_up(with_load: bool, bursts: tuple[str, ...]) -> None:
     up = subprocess.Popen([sys.executable, "-m", "racelab.lab", "up"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-    _starting.update(state_dir=state_dir, up=up)
+    stdout, stderr = up.communicate()
+    _starting["up"] = (up.returncode, stdout, stderr)
+    if up.returncode != 0 or _starting.get("stopping"):
+        return
+    settings = Settings.from_env()
+    # the bursts' runs are registered before the load starts: the load is the lab's newest run
+    _bursts.update(start_bursts(settings, [b for b in bursts if set(SHARED_BURSTS[b]["variants"])
+                                                       <= set(settings.variants)]))
+    if with_load:
+        results = tempfile.mkdtemp(prefix="racelab-test-load-")
+        _scratch.append(results)
+        _starting["load"] = (results, start_load(results))
+
+
+def start_bursts(settings: Settings, names: list[str]) -> dict[str, Future]:
+    """Start helpers.SHARED_BURSTS[name] for each name, together, in a thread of their own; return
+    once their runs are registered. Each future gives burst_and_check's result (plus the ledger's
+    path)."""
+    futures = {name: Future() for name in names}
+    registered = threading.Event()
+
+    async def bursts() -> None:
+        prefixes = {name: f"shared-{name}-{uuid.uuid4().hex[:8]}-" for name in names}
+        for name in names:
+            await register_run(settings.pg_dsn, prefixes[name], "burst")
+        registered.set()
+        outs = await asyncio.gather(*(one(name, prefixes[name]) for name in names), return_exceptions=True)
+        for name, out in zip(names, outs):
+            (futures[name].set_exception if isinstance(out, BaseException) else futures[name].set_result)(out)
+
+    ledgers = {}
+    for name in names:
+        if SHARED_BURSTS[name]["ledger"]:
+            _scratch.append(tempfile.mkdtemp(prefix="racelab-test-burst-"))
+            ledgers[name] = pathlib.Path(_scratch[-1]) / "ledger.jsonl"
+
+    async def one(name: str, prefix: str) -> dict:
+        spec = SHARED_BURSTS[name]
+        out = await burst_and_check(settings, spec["tasks"], spec["events"], spec["variants"],
+                                    ledger_path=ledgers.get(name), prefix=prefix)
+        return {**out, "ledger_path": ledgers.get(name)}
+
+    def work() -> None:
+        try:
+            asyncio.run(bursts())
+        except BaseException as exc:  # the lab refused: every test of the burst gets the error
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            registered.set()
+    if names:
+        threading.Thread(target=work, name="shared bursts", daemon=True).start()
+        registered.wait(60)
+    return futures
+
+
+def start_load(results: str) -> subprocess.Popen:
+    """One short Locust load (make load) on the session's lab; at least once, with redelivery
+    (--dup-rate), so its duplicates show."""
+    return subprocess.Popen([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
+                             "--duration", "12s", "--dup-rate", "0.1",
+                             # the design card's three: the zoo's series exist at 0 all the same
+                             *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))],
+                            env=dict(os.environ, RACELAB_RESULTS_DIR=results), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def pytest_collection_finish(session):
     config = session.config
     if (config.getoption("--lab") == "native" and not config.option.collectonly and not session.testsfailed
             and not config.option.setupplan and any(map(uses_lab, session.items))):  # (testsfailed: collection errors)
-        start_lab()
+        start_lab(with_load=any(map(uses_load, session.items)),
+                  bursts=tuple(dict.fromkeys(filter(None, map(early_burst_of, session.items)))))
 
 
 def pytest_sessionfinish(session):
     """A lab started for the session whose fixture never ran (interrupted, or every lab test
-    deselected): stopped all the same."""
-    if _starting and not _starting.get("taken"):
-        _starting["up"].communicate()
+    deselected): stopped all the same; and a load no fixture took. The scratch directories go."""
+    if _starting:
+        _stop_background()
+    for path in _scratch:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _stop_background() -> None:
+    _starting["stopping"] = True
+    _starting["thread"].join()
+    if "load" in _starting:
+        load = _starting["load"][1]
+        if load.poll() is None:  # no fixture took it (interrupted)
+            load.kill()
+            load.communicate()
+    if not _starting.get("taken"):
         Lab(Settings.from_env(), owned=True).down()
         shutil.rmtree(_starting["state_dir"], ignore_errors=True)
 
@@ -106,10 +218,11 @@ def lab(request):
         return
     if not _starting:
         start_lab()
-    stdout, stderr = _starting["up"].communicate()  # interrupted here: pytest_sessionfinish stops it
+    _starting["thread"].join()  # interrupted here: pytest_sessionfinish stops it
     _starting["taken"] = True
+    returncode, stdout, stderr = _starting["up"]
     lab = Lab(Settings.from_env(), owned=True)
-    if _starting["up"].returncode != 0:
+    if returncode != 0:
         lab.down()
         pytest.exit(f"the test lab did not come up:\n{stdout}\n{stderr}", returncode=1)
     try:
@@ -122,19 +235,29 @@ def lab(request):
 
 @pytest.fixture(scope="session")
 def load_run(lab, tmp_path_factory):
-    """One short Locust load (make load) on the session's lab, shared by the observability and
-    ledger tests; at least once, with redelivery (--dup-rate), so its duplicates show."""
-    results = tmp_path_factory.mktemp("results")
-    env = dict(os.environ, RACELAB_RESULTS_DIR=str(results))
-    done = subprocess.run([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
-                           "--duration", "12s", "--dup-rate", "0.1",
-                           # the design card's three: the zoo's series exist at 0 all the same
-                           *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    run_dir = (results / "latest").resolve()
-    return {"dir": run_dir, "stdout": done.stdout, "checker": json.loads((run_dir / "checker.json").read_text()),
+    """The session's load, shared by the observability and ledger tests: started as soon as the
+    lab is up (start_lab), or here."""
+    if "load" in _starting:
+        results, load = _starting["load"]
+    else:
+        results = str(tmp_path_factory.mktemp("results"))
+        load = start_load(results)
+    stdout, stderr = load.communicate(timeout=600)
+    assert load.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    run_dir = (pathlib.Path(results) / "latest").resolve()
+    return {"dir": run_dir, "stdout": stdout, "checker": json.loads((run_dir / "checker.json").read_text()),
             "run": json.loads((run_dir / "run.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def shared_burst(lab):
+    """shared_burst(name): helpers.SHARED_BURSTS[name]'s result, from the background (start_lab)
+    or started now (--lab=existing, or a lab without the burst's variants at the start)."""
+    def take(name: str) -> dict:
+        if name not in _bursts:
+            _bursts.update(start_bursts(lab.settings, [name]))
+        return _bursts[name].result(timeout=600)
+    return take
 
 
 @pytest.fixture

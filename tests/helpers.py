@@ -14,6 +14,21 @@ from racelab.checker.quiescence import wait_for_quiescence
 from racelab.clients.burst import AGENT, event_send, state_url
 
 
+ZOO = ("temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock", "queue", "optimistic")
+# The bursts that test_burst.py and test_zoo.py share among their tests (their modules are marked
+# pytest.mark.shared_burst(name)). The conftest starts a burst with `early` as soon as the
+# session's lab is up, beside the session's load, while the tests that need no lab still run; the
+# others when a test first needs them.
+SHARED_BURSTS = {
+    # 20 tasks x 30 concurrent events per variant through nginx, with a client ledger
+    "design": dict(tasks=20, events=30, variants=("unguarded", "locked", "temporal"), ledger=True, early=True),
+    # 160 concurrent events per variant, all seven at once. Not early: the zoo's races need the
+    # burst to themselves (sent beside the load and the other burst, its events took 13 s to send
+    # instead of about 4, and cursor-skip's commit-order race lost none of them)
+    "zoo": dict(tasks=8, events=20, variants=ZOO, ledger=False, early=False),
+}
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -3,20 +3,19 @@ import json
 import uuid
 
 import pytest
-import pytest_asyncio
 
-from racelab.clients.burst import burst_and_check, fetch_states, run_burst
+from racelab.clients.burst import fetch_states, run_burst
 from racelab.checker.quiescence import wait_for_quiescence
 
-TASKS, EVENTS = 20, 30
+from helpers import SHARED_BURSTS
+
+pytestmark = pytest.mark.shared_burst("design")  # started in the background when the lab is up
+TASKS, EVENTS = SHARED_BURSTS["design"]["tasks"], SHARED_BURSTS["design"]["events"]
 
 
-@pytest_asyncio.fixture(scope="module")
-async def burst(lab, tmp_path_factory):
-    ledger_path = tmp_path_factory.mktemp("burst") / "ledger.jsonl"
-    out = await burst_and_check(lab.settings, TASKS, EVENTS, ("unguarded", "locked", "temporal"),
-                                ledger_path=ledger_path)
-    return {**out, "ledger_path": ledger_path}
+@pytest.fixture(scope="module")
+def burst(shared_burst):
+    return shared_burst("design")
 
 
 def test_every_event_was_acked(burst):

@@ -61,8 +61,8 @@ async def test_guarded_variants_survive_the_fault(lab, kind):
 
 async def test_make_chaos_stopped_by_sigterm_resumes_the_pod(lab, tmp_path):
     """make chaos pauses replica 1 of the variant mid-burst; SIGTERM then undoes the pause (Python's
-    default exit left the pod stopped). Here, before the session's load run: the aborted run is
-    not the newest one the dashboards' tests look at."""
+    default exit left the pod stopped). (After the session's load has been read: the aborted run
+    is the lab's newest, and the dashboards' tests read the newest.)"""
     state, code, out, took = await stop_mid_pause(
         lab.settings, [sys.executable, "-m", "racelab.clients.chaos", "--fault", "pause-pod", "--variant", "locked",
                        "--tasks", "2", "--events", "10", "--spread", "1"],

@@ -5,16 +5,16 @@ import time
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from racelab import db
 from racelab.clients.burst import burst_and_check, event_send
 from racelab.nemesis.runtimes import NativeRuntime
 
-from helpers import counts_for, get_state, new_id, send_event, send_events, table_counts, wait_until
+from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, new_id, send_event, send_events, table_counts,
+                     wait_until)
 
-ZOO = ("temporal-naive", "cursor-only", "cursor-skip", "lock-only", "asyncio-lock", "queue", "optimistic")
-TASKS, EVENTS = 8, 20  # 160 concurrent events per variant, all seven at once: about 20 s on 2 cores
+pytestmark = pytest.mark.shared_burst("zoo")  # started in the background when the lab is up
+TASKS, EVENTS = SHARED_BURSTS["zoo"]["tasks"], SHARED_BURSTS["zoo"]["events"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,9 +24,9 @@ def zoo_running(lab):
         pytest.skip(f"the lab does not run {', '.join(missing)} (RACELAB_VARIANTS=all)")
 
 
-@pytest_asyncio.fixture(scope="module")
-async def burst(lab):
-    return await burst_and_check(lab.settings, TASKS, EVENTS, ZOO)
+@pytest.fixture(scope="module")
+def burst(shared_burst):
+    return shared_burst("zoo")
 
 
 def counts(burst, variant):
