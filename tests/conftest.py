@@ -118,9 +118,9 @@ def _bring_up(with_load: bool, bursts: tuple[str, ...]) -> None:
     if up.returncode != 0 or _starting.get("stopping"):
         return
     settings = Settings.from_env()
+    runnable = [name for name in bursts if set(SHARED_BURSTS[name]["variants"]) <= set(settings.variants)]
     # the bursts' runs are registered before the load starts: the load is the lab's newest run
-    _bursts.update(start_bursts(settings, [b for b in bursts if set(SHARED_BURSTS[b]["variants"])
-                                                       <= set(settings.variants)]))
+    _bursts.update(start_bursts(settings, runnable))
     if with_load:
         results = tempfile.mkdtemp(prefix="racelab-test-load-")
         _scratch.append(results)
@@ -172,13 +172,14 @@ def start_bursts(settings: Settings, names: list[str]) -> dict[str, Future]:
 
 def start_load(results: str) -> subprocess.Popen:
     """One short Locust load (make load) on the session's lab; at least once, with redelivery
-    (--dup-rate), so its duplicates show."""
-    return subprocess.Popen([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
-                             "--duration", "12s", "--dup-rate", "0.1",
-                             # the design card's three: the zoo's series exist at 0 all the same
-                             *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))],
-                            env=dict(os.environ, RACELAB_RESULTS_DIR=results), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    (--dup-rate), so its duplicates show. Its output goes to files in results (a pipe nobody
+    reads until the load ends could fill up and stop it)."""
+    with open(os.path.join(results, "load.out"), "w") as out, open(os.path.join(results, "load.err"), "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
+                                 "--duration", "12s", "--dup-rate", "0.1",
+                                 # the design card's three: the zoo's series exist at 0 all the same
+                                 *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))],
+                                env=dict(os.environ, RACELAB_RESULTS_DIR=results), stdout=out, stderr=err)
 
 
 def pytest_collection_finish(session):
@@ -205,7 +206,7 @@ def _stop_background() -> None:
         load = _starting["load"][1]
         if load.poll() is None:  # no fixture took it (interrupted)
             load.kill()
-            load.communicate()
+            load.wait()
     if not _starting.get("taken"):
         Lab(Settings.from_env(), owned=True).down()
         shutil.rmtree(_starting["state_dir"], ignore_errors=True)
@@ -242,7 +243,8 @@ def load_run(lab, tmp_path_factory):
     else:
         results = str(tmp_path_factory.mktemp("results"))
         load = start_load(results)
-    stdout, stderr = load.communicate(timeout=600)
+    load.wait(timeout=600)
+    stdout, stderr = (pathlib.Path(results, name).read_text() for name in ("load.out", "load.err"))
     assert load.returncode == 0, stdout[-3000:] + stderr[-3000:]
     run_dir = (pathlib.Path(results) / "latest").resolve()
     return {"dir": run_dir, "stdout": stdout, "checker": json.loads((run_dir / "checker.json").read_text()),
