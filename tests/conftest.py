@@ -80,7 +80,8 @@ def uses_load(item) -> bool:
 
 def early_burst_of(item) -> str | None:
     marker = item.get_closest_marker("shared_burst")
-    return marker.args[0] if marker and uses_lab(item) and SHARED_BURSTS[marker.args[0]]["early"] else None
+    wants = marker and "shared_burst" in getattr(item, "fixturenames", ())
+    return marker.args[0] if wants and SHARED_BURSTS[marker.args[0]]["early"] else None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -93,44 +94,55 @@ def pytest_collection_modifyitems(config, items):
     items[:] = sorted(items, key=lambda item: (uses_lab(item), item.path not in load_modules))
 
 
-# The session lab's `up`, started when collection ends, then the session's load: the lab and
-# load_run fixtures take them. The shared bursts, by name (the shared_burst fixture takes them),
-# and the directories of the load's results and the bursts' ledgers (removed at the end).
+# What the session's tests share, started early: the lab's `up` when collection ends, then the
+# early shared bursts and the session's load (the lab, shared_burst and load_run fixtures take
+# them); every load started, stopped at the end if still running.
 _starting: dict = {}
 _bursts: dict[str, Future] = {}
-_scratch: list[str] = []
+_loads: list[subprocess.Popen] = []
 
 
-def start_lab(with_load: bool = False, bursts: tuple[str, ...] = ()) -> None:
+def scratch(config, name: str) -> pathlib.Path:
+    """A directory among pytest's own temporary ones (tmp_path_factory's: the last three sessions
+    are kept), for the load's results and a burst's ledger."""
+    return config._tmp_path_factory.mktemp(name)
+
+
+def start_lab(config, with_load: bool = False, bursts: tuple[str, ...] = ()) -> None:
     state_dir = tempfile.mkdtemp(prefix="racelab-test-", dir="/var/tmp")
     os.chmod(state_dir, 0o755)  # PostgreSQL runs as the postgres user and must reach its data dir
     os.environ.update(TEST_ENV, RACELAB_STATE_DIR=state_dir)
-    thread = threading.Thread(target=_bring_up, args=(with_load, bursts), name="session lab", daemon=True)
+    # The background works from this copy: the tests that need no lab change os.environ meanwhile
+    # (test_ports removes the port variables), and a load started in such an environment would go
+    # to the default ports, a user's `make up`.
+    env, settings = dict(os.environ), Settings.from_env()
+    runnable = [name for name in bursts if set(SHARED_BURSTS[name]["variants"]) <= set(settings.variants)]
+    ledgers = {name: scratch(config, f"burst-{name}") / "ledger.jsonl" for name in runnable
+               if SHARED_BURSTS[name]["ledger"]}
+    results = scratch(config, "results") if with_load else None
+    thread = threading.Thread(target=_bring_up, args=(env, settings, runnable, ledgers, results),
+                              name="session lab", daemon=True)
     _starting.update(state_dir=state_dir, thread=thread)
     thread.start()
 
 
-def _bring_up(with_load: bool, bursts: tuple[str, ...]) -> None:
+def _bring_up(env: dict, settings: Settings, bursts: list[str], ledgers: dict, results: pathlib.Path | None) -> None:
     up = subprocess.Popen([sys.executable, "-m", "racelab.lab", "up"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=env)
     stdout, stderr = up.communicate()
     _starting["up"] = (up.returncode, stdout, stderr)
     if up.returncode != 0 or _starting.get("stopping"):
         return
-    settings = Settings.from_env()
-    runnable = [name for name in bursts if set(SHARED_BURSTS[name]["variants"]) <= set(settings.variants)]
     # the bursts' runs are registered before the load starts: the load is the lab's newest run
-    _bursts.update(start_bursts(settings, runnable))
-    if with_load:
-        results = tempfile.mkdtemp(prefix="racelab-test-load-")
-        _scratch.append(results)
-        _starting["load"] = (results, start_load(results))
+    _bursts.update(start_bursts(settings, bursts, ledgers))
+    if results is not None:
+        _starting["load"] = (results, start_load(results, env))
 
 
-def start_bursts(settings: Settings, names: list[str]) -> dict[str, Future]:
-    """Start helpers.SHARED_BURSTS[name] for each name, together, in a thread of their own; return
-    once their runs are registered. Each future gives burst_and_check's result (plus the ledger's
-    path)."""
+def start_bursts(settings: Settings, names: list[str], ledgers: dict[str, pathlib.Path]) -> dict[str, Future]:
+    """Start helpers.SHARED_BURSTS[name] for each name, together, in a thread of their own (which
+    reads no environment: settings say where the lab is); return once their runs are registered.
+    Each future gives burst_and_check's result, with the ledger's path (ledgers[name], if any)."""
     futures = {name: Future() for name in names}
     registered = threading.Event()
 
@@ -142,12 +154,6 @@ def start_bursts(settings: Settings, names: list[str]) -> dict[str, Future]:
         outs = await asyncio.gather(*(one(name, prefixes[name]) for name in names), return_exceptions=True)
         for name, out in zip(names, outs):
             (futures[name].set_exception if isinstance(out, BaseException) else futures[name].set_result)(out)
-
-    ledgers = {}
-    for name in names:
-        if SHARED_BURSTS[name]["ledger"]:
-            _scratch.append(tempfile.mkdtemp(prefix="racelab-test-burst-"))
-            ledgers[name] = pathlib.Path(_scratch[-1]) / "ledger.jsonl"
 
     async def one(name: str, prefix: str) -> dict:
         spec = SHARED_BURSTS[name]
@@ -170,44 +176,39 @@ def start_bursts(settings: Settings, names: list[str]) -> dict[str, Future]:
     return futures
 
 
-def start_load(results: str) -> subprocess.Popen:
+def start_load(results: pathlib.Path, env: dict) -> subprocess.Popen:
     """One short Locust load (make load) on the session's lab; at least once, with redelivery
     (--dup-rate), so its duplicates show. Its output goes to files in results (a pipe nobody
     reads until the load ends could fill up and stop it)."""
-    with open(os.path.join(results, "load.out"), "w") as out, open(os.path.join(results, "load.err"), "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
+    with open(results / "load.out", "w") as out, open(results / "load.err", "w") as err:
+        load = subprocess.Popen([sys.executable, "-m", "racelab.clients.load", "--users", "9", "--rate", "9",
                                  "--duration", "12s", "--dup-rate", "0.1",
                                  # the design card's three: the zoo's series exist at 0 all the same
                                  *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))],
-                                env=dict(os.environ, RACELAB_RESULTS_DIR=results), stdout=out, stderr=err)
+                                env=dict(env, RACELAB_RESULTS_DIR=str(results)), stdout=out, stderr=err)
+    _loads.append(load)
+    return load
 
 
 def pytest_collection_finish(session):
     config = session.config
     if (config.getoption("--lab") == "native" and not config.option.collectonly and not session.testsfailed
             and not config.option.setupplan and any(map(uses_lab, session.items))):  # (testsfailed: collection errors)
-        start_lab(with_load=any(map(uses_load, session.items)),
+        start_lab(config, with_load=any(map(uses_load, session.items)),
                   bursts=tuple(dict.fromkeys(filter(None, map(early_burst_of, session.items)))))
 
 
 def pytest_sessionfinish(session):
-    """A lab started for the session whose fixture never ran (interrupted, or every lab test
-    deselected): stopped all the same; and a load no fixture took. The scratch directories go."""
+    """A load no fixture waited for to its end (interrupted) is stopped; so is a lab started for
+    the session whose fixture never ran (interrupted, or every lab test deselected)."""
     if _starting:
-        _stop_background()
-    for path in _scratch:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _stop_background() -> None:
-    _starting["stopping"] = True
-    _starting["thread"].join()
-    if "load" in _starting:
-        load = _starting["load"][1]
-        if load.poll() is None:  # no fixture took it (interrupted)
+        _starting["stopping"] = True
+        _starting["thread"].join()
+    for load in _loads:
+        if load.poll() is None:
             load.kill()
             load.wait()
-    if not _starting.get("taken"):
+    if _starting and not _starting.get("taken"):
         Lab(Settings.from_env(), owned=True).down()
         shutil.rmtree(_starting["state_dir"], ignore_errors=True)
 
@@ -218,7 +219,7 @@ def lab(request):
         yield Lab(Settings.from_env(), owned=False)
         return
     if not _starting:
-        start_lab()
+        start_lab(request.config)
     _starting["thread"].join()  # interrupted here: pytest_sessionfinish stops it
     _starting["taken"] = True
     returncode, stdout, stderr = _starting["up"]
@@ -241,23 +242,28 @@ def load_run(lab, tmp_path_factory):
     if "load" in _starting:
         results, load = _starting["load"]
     else:
-        results = str(tmp_path_factory.mktemp("results"))
-        load = start_load(results)
+        results = tmp_path_factory.mktemp("results")
+        load = start_load(results, dict(os.environ))
     load.wait(timeout=600)
-    stdout, stderr = (pathlib.Path(results, name).read_text() for name in ("load.out", "load.err"))
+    stdout, stderr = (results / "load.out").read_text(), (results / "load.err").read_text()
     assert load.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    run_dir = (pathlib.Path(results) / "latest").resolve()
+    # The early bursts end before the load's readers look at the whole lab: the dashboard's
+    # "whole lab" column, the exporter's totals against Prometheus'.
+    for future in list(_bursts.values()):
+        future.exception(timeout=600)
+    run_dir = (results / "latest").resolve()
     return {"dir": run_dir, "stdout": stdout, "checker": json.loads((run_dir / "checker.json").read_text()),
             "run": json.loads((run_dir / "run.json").read_text())}
 
 
 @pytest.fixture(scope="session")
-def shared_burst(lab):
+def shared_burst(lab, tmp_path_factory):
     """shared_burst(name): helpers.SHARED_BURSTS[name]'s result, from the background (start_lab)
-    or started now (--lab=existing, or a lab without the burst's variants at the start)."""
+    or started now (--lab=existing, the zoo's, or a lab without the burst's variants at the start)."""
     def take(name: str) -> dict:
         if name not in _bursts:
-            _bursts.update(start_bursts(lab.settings, [name]))
+            ledgers = {name: tmp_path_factory.mktemp(f"burst-{name}") / "ledger.jsonl"} if SHARED_BURSTS[name]["ledger"] else {}
+            _bursts.update(start_bursts(lab.settings, [name], ledgers))
         return _bursts[name].result(timeout=600)
     return take
 

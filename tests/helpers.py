@@ -83,11 +83,12 @@ async def table_counts(settings, task_id: str | None = None) -> dict[str, int]:
         return {t: await conn.fetchval(f"SELECT count(*) FROM {t}{where}", *args) for t in tables}
 
 
-async def counts_for(settings, task_prefix: str, settle_s: float = 3.0, applied_settle_s: float = 0.5, **wait):
+async def counts_for(settings, task_prefix: str, settle_s: float = 3.0, applied_settle_s: float = 1.0, **wait):
     """The tasks' counts once quiescent (wait: wait_for_quiescence's other knobs, e.g. safe_settle_s).
-    Once everything is applied the counts must hold still for applied_settle_s: half the checker's
-    1 s, which waits for a load's retries still in flight; a test counts once its sends are
-    answered (about 25 s less of make test)."""
+    Once everything is applied the counts must hold still for applied_settle_s, as the checker's:
+    a second delivery acked already may still be on its way to a duplicate (temporal's relay alone
+    lingers up to 0.5 s). A test that only waits for its events, and looks for duplicates later,
+    passes less."""
     results, quiescent = await wait_for_quiescence(settings.pg_dsn, task_prefix, settle_s=settle_s, timeout_s=120,
                                                    applied_settle_s=applied_settle_s, **wait)
     assert quiescent, f"tasks {task_prefix}* did not become quiescent"

@@ -12,7 +12,8 @@ async def test_retry_after_ack_is_applied_once(lab, variant):
     for attempt in range(2):
         status, reply = await send_event(lab.settings, variant, task, "ev-" + task)
         assert status == 200, reply
-        await counts_for(lab.settings, task)
+        # after the first: a wait until applied; after the retry, the watch for a second application
+        await counts_for(lab.settings, task, applied_settle_s=1.0 if attempt else 0.5)
     c = (await counts_for(lab.settings, task))[variant]
     assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (1, 1, 0, 0, 0)
     status, body = await get_state(lab.settings, variant, task)
@@ -34,9 +35,9 @@ async def test_concurrent_retries_are_applied_once(lab, variant):
 async def test_unguarded_processes_a_retry_twice(lab):
     """The seed's handler has no dedupe: the checker must see the retry as a duplicate."""
     task = new_id("retry-unguarded")
-    for _ in range(2):
+    for attempt in range(2):
         assert (await send_event(lab.settings, "unguarded", task, "ev-" + task))[0] == 200
-        await counts_for(lab.settings, task)
+        await counts_for(lab.settings, task, applied_settle_s=1.0 if attempt else 0.5)
     c = (await counts_for(lab.settings, task))["unguarded"]
     # history [e, e] (one extra entry) and two effect rows for one event (one extra)
     assert (c.accepted, c.applied, c.duplicates, c.counter_drift) == (1, 1, 2, 1)

@@ -13,7 +13,7 @@ from racelab.nemesis.runtimes import NativeRuntime
 from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, new_id, send_event, send_events, table_counts,
                      wait_until)
 
-pytestmark = pytest.mark.shared_burst("zoo")  # started in the background when the lab is up
+pytestmark = pytest.mark.shared_burst("zoo")  # one burst for the module (helpers.SHARED_BURSTS)
 TASKS, EVENTS = SHARED_BURSTS["zoo"]["tasks"], SHARED_BURSTS["zoo"]["events"]
 
 

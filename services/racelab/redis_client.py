@@ -3,8 +3,8 @@
 redis-py's clients from a URL do not retry: after a restart (make chaos kill-redis) every pooled
 connection, closed by the old server, failed its next command once. lock-only's handlers then
 dropped their events (4 of 8 in a test that ran after kill-redis), queue's pods answered 503.
-Here a command that meets a closed connection is sent again on a new one, after a short backoff;
-while Redis is down it fails after RETRIES, as before (about 0.35 s later).
+Here a command that meets a closed connection is sent again on a new one, after a short backoff
+(100, 200, 200 ms); while Redis is down it fails after RETRIES, as before, about 0.5 s later.
 """
 from __future__ import annotations
 

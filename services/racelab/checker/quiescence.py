@@ -23,18 +23,20 @@ SAFE_SETTLE_S = 15.0
 async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float = 3.0, timeout_s: float = 300.0,
                               poll_s: float = 0.25, applied_settle_s: float = 1.0,
                               progress=None, ledger=None, safe_settle_s: float = SAFE_SETTLE_S,
-                              ) -> tuple[dict[str, VariantCounts], bool]:
+                              variants: tuple[str, ...] | None = None) -> tuple[dict[str, VariantCounts], bool]:
     """Recompute the counts until every accepted event is applied, or nothing has changed for
     settle_s (safe_settle_s while a variant documented to lose nothing still has unapplied
     events). Returns (counts, quiescent).
 
     Even when every accepted event is applied, the counts must hold still for a moment
-    (applied_settle_s): a retried event can still be in flight and add a duplicate."""
+    (applied_settle_s): a retried event can still be in flight and add a duplicate.
+    variants: the lab's (default: the environment's RACELAB_VARIANTS)."""
     if ledger is not None:  # only the ledger's events of the tasks looked at
         ledger = [e for e in ledger if e.task_id.startswith(task_prefix)]
     deadline = time.monotonic() + timeout_s
     last_key, stable_since, last_report = None, time.monotonic(), 0.0
-    counter = IncrementalCounts(task_prefix, variants=Settings.from_env().variants, ledger=ledger)
+    variants = variants or Settings.from_env().variants
+    counter = IncrementalCounts(task_prefix, variants=variants, ledger=ledger)
     async with db.connection(dsn) as conn:
         while True:  # each poll reads only what changed (incremental.py); compute() is its reference
             await counter.refresh(conn)
@@ -50,7 +52,7 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
             if stable_s >= needed or (all_applied and stable_s >= min(applied_settle_s, settle_s)):
                 # The verdict comes from a full read: a fresh counter loads everything at once. If it
                 # sees what the incremental one did not, keep waiting with the fresh one.
-                fresh = IncrementalCounts(task_prefix, variants=Settings.from_env().variants, ledger=ledger)
+                fresh = IncrementalCounts(task_prefix, variants=variants, ledger=ledger)
                 await fresh.refresh(conn)
                 full = fresh.results()
                 if tuple(tuple(c.as_dict().values()) for c in full.values()) == key:

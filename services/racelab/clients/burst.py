@@ -223,7 +223,8 @@ async def burst_and_check(settings: Settings, tasks: int, events: int, variants:
     print(f"burst: {sum(map(len, ledger.acked.values()))} acked ({ledger.retries} retries, {ledger.redelivered} "
           f"redelivered), {len(ledger.errors)} given up, in {sent_s:.1f} s", file=sys.stderr, flush=True)
     results, quiescent = await wait_for_quiescence(
-        settings.pg_dsn, prefix, progress=lambda m: print(m, file=sys.stderr, flush=True), ledger=ledger.entries())
+        settings.pg_dsn, prefix, progress=lambda m: print(m, file=sys.stderr, flush=True), ledger=ledger.entries(),
+        variants=settings.variants)
     own = ledger_counts(ledger, await fetch_states(settings.gateway_url, ledger))
     return {"task_prefix": prefix, "quiescent": quiescent, "send_seconds": sent_s, "errors": ledger.errors,
             "retries": ledger.retries, "redelivered": ledger.redelivered,
