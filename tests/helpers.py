@@ -87,8 +87,8 @@ async def counts_for(settings, task_prefix: str, settle_s: float = 3.0, applied_
     """The tasks' counts once quiescent (wait: wait_for_quiescence's other knobs, e.g. safe_settle_s).
     Once everything is applied the counts must hold still for applied_settle_s, as the checker's:
     a second delivery acked already may still be on its way to a duplicate (temporal's relay alone
-    lingers up to 0.5 s). A test that only waits for its events, and looks for duplicates later,
-    passes less."""
+    lingers up to 0.5 s). A test that only waits here for its events, and looks for duplicates
+    later, may pass a shorter one."""
     results, quiescent = await wait_for_quiescence(settings.pg_dsn, task_prefix, settle_s=settle_s, timeout_s=120,
                                                    applied_settle_s=applied_settle_s, **wait)
     assert quiescent, f"tasks {task_prefix}* did not become quiescent"
