@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,22 +105,28 @@ _loads: list[subprocess.Popen] = []
 
 def scratch(config, name: str) -> pathlib.Path:
     """A directory among pytest's own temporary ones (tmp_path_factory's: the last three sessions
-    are kept), for the load's results and a burst's ledger."""
-    return config._tmp_path_factory.mktemp(name)
+    are kept), for the load's results and a burst's ledger; a new one in /tmp without them."""
+    factory = getattr(config, "_tmp_path_factory", None)  # (absent with -p no:tmpdir)
+    return factory.mktemp(name) if factory else pathlib.Path(tempfile.mkdtemp(prefix=f"racelab-test-{name}-"))
 
 
 def start_lab(config, with_load: bool = False, bursts: tuple[str, ...] = ()) -> None:
+    ledgers = {name: scratch(config, f"burst-{name}") / "ledger.jsonl" for name in bursts
+               if SHARED_BURSTS[name]["ledger"]}
+    results = scratch(config, "results") if with_load else None
     state_dir = tempfile.mkdtemp(prefix="racelab-test-", dir="/var/tmp")
     os.chmod(state_dir, 0o755)  # PostgreSQL runs as the postgres user and must reach its data dir
     os.environ.update(TEST_ENV, RACELAB_STATE_DIR=state_dir)
     # The background works from this copy: the tests that need no lab change os.environ meanwhile
     # (test_ports removes the port variables), and a load started in such an environment would go
     # to the default ports, a user's `make up`.
-    env, settings = dict(os.environ), Settings.from_env()
+    env = dict(os.environ)
+    try:
+        settings = Settings.from_env()
+    except BaseException:  # a RACELAB_* variable it refuses: nothing started, nothing left behind
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
     runnable = [name for name in bursts if set(SHARED_BURSTS[name]["variants"]) <= set(settings.variants)]
-    ledgers = {name: scratch(config, f"burst-{name}") / "ledger.jsonl" for name in runnable
-               if SHARED_BURSTS[name]["ledger"]}
-    results = scratch(config, "results") if with_load else None
     thread = threading.Thread(target=_bring_up, args=(env, settings, runnable, ledgers, results),
                               name="session lab", daemon=True)
     _starting.update(state_dir=state_dir, thread=thread)
@@ -185,15 +192,18 @@ def start_load(results: pathlib.Path, env: dict) -> subprocess.Popen:
                                  "--duration", "12s", "--dup-rate", "0.1",
                                  # the design card's three: the zoo's series exist at 0 all the same
                                  *(a for v in DEFAULT_VARIANTS for a in ("--variant", v))],
-                                env=dict(env, RACELAB_RESULTS_DIR=str(results)), stdout=out, stderr=err)
+                                env=dict(env, RACELAB_RESULTS_DIR=str(results)), stdout=out, stderr=err,
+                                start_new_session=True)  # its own group: stopped with its Locust
     _loads.append(load)
     return load
 
 
 def pytest_collection_finish(session):
     config = session.config
-    if (config.getoption("--lab") == "native" and not config.option.collectonly and not session.testsfailed
-            and not config.option.setupplan and any(map(uses_lab, session.items))):  # (testsfailed: collection errors)
+    listing = (config.option.collectonly or config.option.setupplan or config.option.showfixtures
+               or config.option.show_fixtures_per_test)  # runs no test
+    if (config.getoption("--lab") == "native" and not listing and not session.testsfailed
+            and any(map(uses_lab, session.items))):  # (testsfailed: collection errors)
         start_lab(config, with_load=any(map(uses_load, session.items)),
                   bursts=tuple(dict.fromkeys(filter(None, map(early_burst_of, session.items)))))
 
@@ -206,7 +216,7 @@ def pytest_sessionfinish(session):
         _starting["thread"].join()
     for load in _loads:
         if load.poll() is None:
-            load.kill()
+            os.killpg(load.pid, signal.SIGKILL)  # the load and its Locust
             load.wait()
     if _starting and not _starting.get("taken"):
         Lab(Settings.from_env(), owned=True).down()
@@ -225,7 +235,8 @@ def lab(request):
     returncode, stdout, stderr = _starting["up"]
     lab = Lab(Settings.from_env(), owned=True)
     if returncode != 0:
-        lab.down()
+        lab.run("-m", "racelab.lab", "down", check=False)
+        shutil.rmtree(_starting["state_dir"], ignore_errors=True)
         pytest.exit(f"the test lab did not come up:\n{stdout}\n{stderr}", returncode=1)
     try:
         yield lab
@@ -262,6 +273,8 @@ def shared_burst(lab, tmp_path_factory):
     or started now (--lab=existing, the zoo's, or a lab without the burst's variants at the start)."""
     def take(name: str) -> dict:
         if name not in _bursts:
+            for future in list(_bursts.values()):  # one burst at a time: the zoo's races need the lab
+                future.exception(timeout=600)
             ledgers = {name: tmp_path_factory.mktemp(f"burst-{name}") / "ledger.jsonl"} if SHARED_BURSTS[name]["ledger"] else {}
             _bursts.update(start_bursts(lab.settings, [name], ledgers))
         return _bursts[name].result(timeout=600)

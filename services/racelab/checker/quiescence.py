@@ -35,7 +35,7 @@ async def wait_for_quiescence(dsn: str, task_prefix: str = "", settle_s: float =
         ledger = [e for e in ledger if e.task_id.startswith(task_prefix)]
     deadline = time.monotonic() + timeout_s
     last_key, stable_since, last_report = None, time.monotonic(), 0.0
-    variants = variants or Settings.from_env().variants
+    variants = Settings.from_env().variants if variants is None else variants
     counter = IncrementalCounts(task_prefix, variants=variants, ledger=ledger)
     async with db.connection(dsn) as conn:
         while True:  # each poll reads only what changed (incremental.py); compute() is its reference
