@@ -88,9 +88,9 @@ def early_burst_of(item) -> str | None:
 def pytest_collection_modifyitems(config, items):
     # The tests that need no lab first: they run while the session's lab starts in the background
     # (start_lab), which took about 13 s of make test on 2 cores, and then the session's load
-    # (load_run, another 20 s) and the early shared bursts. Next the modules whose tests read that load,
-    # while it is the lab's newest run (the dashboard's "this run"). The sort is stable: the other
-    # lab tests keep their order among themselves (test_zz_lab_down last).
+    # (load_run, another 20 s) and the early shared bursts. Next the modules whose tests read that
+    # load, while it is the lab's newest run (the dashboard's "this run"). The sort is stable: the
+    # other lab tests keep their order among themselves (test_zz_lab_down last).
     load_modules = {item.path for item in items if uses_load(item)}
     items[:] = sorted(items, key=lambda item: (uses_lab(item), item.path not in load_modules))
 
@@ -275,7 +275,8 @@ def shared_burst(lab, tmp_path_factory):
         if name not in _bursts:
             for future in list(_bursts.values()):  # one burst at a time: the zoo's races need the lab
                 future.exception(timeout=600)
-            ledgers = {name: tmp_path_factory.mktemp(f"burst-{name}") / "ledger.jsonl"} if SHARED_BURSTS[name]["ledger"] else {}
+            ledgers = ({name: tmp_path_factory.mktemp(f"burst-{name}") / "ledger.jsonl"}
+                       if SHARED_BURSTS[name]["ledger"] else {})
             _bursts.update(start_bursts(lab.settings, [name], ledgers))
         return _bursts[name].result(timeout=600)
     return take
