@@ -155,7 +155,7 @@ def start_bursts(settings: Settings, names: list[str], ledgers: dict[str, pathli
 
     async def bursts() -> None:
         prefixes = {name: f"shared-{name}-{uuid.uuid4().hex[:8]}-" for name in names}
-        for name in names:
+        for name in names:  # here, before the load may start (burst_and_check's own is then a no-op)
             await register_run(settings.pg_dsn, prefixes[name], "burst")
         registered.set()
         outs = await asyncio.gather(*(one(name, prefixes[name]) for name in names), return_exceptions=True)

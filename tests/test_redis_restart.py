@@ -4,7 +4,6 @@ redis-py's clients did not retry: each such connection failed one command, so lo
 handlers dropped their events and queue's pods answered 503."""
 import asyncio
 import os
-import signal
 
 import pytest
 
@@ -24,8 +23,7 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
         pytest.skip(f"the lab does not run {', '.join(missing)} (RACELAB_VARIANTS=all)")
     prefix = new_id("redis-restart") + "-"
     runtime = NativeRuntime(lab.settings)
-    old = runtime.pid("redis")
-    os.kill(old, signal.SIGKILL)
+    old = await runtime.kill("redis")  # the nemesis's kill-redis (SIGKILL; supervisor restarts it)
     await runtime.wait_back("redis", old, timeout_s=30)
 
     async def send(variant: str) -> list[int]:
