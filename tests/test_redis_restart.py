@@ -1,7 +1,9 @@
 """After a Redis restart (make chaos kill-redis), the variants that use Redis serve and process
 at once: every pooled connection the old server closed is replaced on its next command. Before,
 redis-py's clients did not retry: each such connection failed one command, so lock-only's
-handlers dropped their events and queue's pods answered 503."""
+handlers dropped their events and queue's pods answered 503. The queue workers stay up: they
+create the consumer group again in place (they used to exit and be restarted, and one such exit
+in several dozen hung with the worker's health port closed: racelab/cancellation.py)."""
 import asyncio
 import os
 
@@ -23,6 +25,8 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
         pytest.skip(f"the lab does not run {', '.join(missing)} (RACELAB_VARIANTS=all)")
     prefix = new_id("redis-restart") + "-"
     runtime = NativeRuntime(lab.settings)
+    queue_workers = [f"queue-worker-{r}" for r in range(1, lab.settings.queue_workers + 1)]
+    worker_pids = {w: runtime.pid(w) for w in queue_workers}
     old = await runtime.kill("redis")  # the nemesis's kill-redis (SIGKILL; supervisor restarts it)
     await runtime.wait_back("redis", old, timeout_s=30)
 
@@ -34,3 +38,4 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
     counts = await counts_for(lab.settings, prefix)
     assert {v: (counts[v].accepted, counts[v].applied, counts[v].lost, counts[v].duplicates) for v in REDIS_VARIANTS} == {
         v: (EVENTS, EVENTS, 0, 0) for v in REDIS_VARIANTS}
+    assert {w: runtime.pid(w) for w in queue_workers} == worker_pids  # none exited

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..cancellation import cancel_and_wait
 from ..config import ALL_VARIANTS, Settings
 from ..model import Model
 from ..protocol import Event, TaskRef
@@ -40,9 +41,7 @@ class Variant:
         """Open what the variant needs beyond PostgreSQL."""
 
     async def stop(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await cancel_and_wait(list(self._background))  # (one cancel may be lost: cancellation.py)
 
     async def handoff(self, conn, event: Event, fresh: bool, accepted_at: float) -> None:
         """Runs inside the transaction that records the event (default: nothing)."""

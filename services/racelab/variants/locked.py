@@ -36,6 +36,7 @@ import uuid
 from redis.exceptions import LockError
 
 from .. import db, metrics, redis_client
+from ..cancellation import cancel_and_wait, raise_if_cancelled
 from ..protocol import Event
 from ..state import apply_events, state_agent
 from . import Variant
@@ -124,8 +125,7 @@ class Locked(Variant):
 
     async def stop(self) -> None:
         await super().stop()
-        for task in list(self._drainers.values()):
-            task.cancel()
+        await cancel_and_wait(list(self._drainers.values()))
         await self.redis.aclose()
 
     async def health(self) -> None:
@@ -149,6 +149,7 @@ class Locked(Variant):
     async def _drainer(self, key: Key) -> None:
         try:
             while key in self._wanted:
+                raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
                 await self.drain(key, self._wanted.pop(key))
         except Exception:  # the sweeper retries; the pod keeps serving
             log.exception("drain of %s failed", key)
@@ -172,6 +173,7 @@ class Locked(Variant):
         token = uuid.uuid4().hex
         waited, mine = time.perf_counter(), 0
         while True:
+            raise_if_cancelled()
             mine, outcome, asked = await self._try(keys=[lock, asks],
                                                    args=[token, self._lease_ms, mine, ASKS_TTL_S, upto])
             if outcome != BUSY:
@@ -234,6 +236,7 @@ class Locked(Variant):
         every = self.ctx.settings.lock_ttl_s / 3
         while True:
             await asyncio.sleep(every)
+            raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
             try:
                 if not await self._renew_script(keys=[lock], args=[token, self._lease_ms]):
                     raise LockError("the lock is not this holder's any more")
@@ -283,6 +286,7 @@ class Locked(Variant):
         behind = BehindTasks(self.name)
         while True:
             await asyncio.sleep(interval)
+            raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
             try:
                 # one pod of the variant sweeps per interval (three pods each sweeping every 2 s
                 # added up when every sweep visited every task; most now check only the tasks

@@ -21,6 +21,7 @@ import time
 from prometheus_client import Counter
 
 from .. import db, metrics
+from ..cancellation import raise_if_cancelled
 from ..model import model_latency_ms
 from ..protocol import Event
 from ..state import SHARED_AGENT, apply_events, state_agent
@@ -91,6 +92,7 @@ class Optimistic(Variant):
         interval = self.ctx.settings.sweep_interval_s
         while True:
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # pods out of step
+            raise_if_cancelled()  # (cancellation.py)
             try:
                 rows = await self.ctx.pool.fetch(
                     """SELECT e.task_id, e.agent_id, e.event_id, extract(epoch FROM e.accepted_at)::float8 AS t,

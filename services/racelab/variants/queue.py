@@ -11,6 +11,12 @@ that check, under the lock: a model call is repeated only when a worker dies bet
 and its commit. Entries a worker read and never acknowledged (it was killed) are taken over by
 another with XAUTOCLAIM once idle for CLAIM_IDLE_MS; a restarted worker (same name) first
 re-reads its own pending entries.
+
+A worker outlives Redis restarts in place: Redis keeps nothing on disk here, so a restart takes
+the stream and the group with it; the worker's next read meets NOGROUP and creates the group
+again (the pods' next XADD creates the stream). While Redis is down it waits and keeps serving
+its health port. It used to exit and let supervisor restart it; one such exit in several dozen
+hung (cancellation.py) and left the worker alive with its health port closed.
 """
 from __future__ import annotations
 
@@ -21,9 +27,12 @@ import signal
 import time
 
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import db, metrics, redis_client
+from ..cancellation import cancel_and_wait, raise_if_cancelled
 from ..config import Settings
 from ..model import Model, model_latency_ms
 from ..protocol import Event
@@ -35,6 +44,8 @@ NAME = "queue"
 STREAM = "racelab:queue:events"
 GROUP = "racelab-queue-workers"
 CLAIM_IDLE_MS = 5000  # an entry read this long ago and not acknowledged: its worker is presumed dead
+REDIS_RETRY_S = 0.5  # Redis unreachable (each command retries for ~0.5 s first: redis_client.py)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 Key = tuple[str, str]  # (task_id, agent_id)
 
 
@@ -44,6 +55,11 @@ async def ensure_group(r: redis.Redis) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def group_gone(exc: Exception) -> bool:
+    """Redis restarted: the stream and its consumer group are gone."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 class Queue(Variant):
@@ -83,13 +99,43 @@ class QueueWorker:
         self._held: set[str] = set()  # entry ids queued or in progress here
 
     async def run(self) -> None:
-        await ensure_group(self.redis)
-        await asyncio.gather(self._read("0"), self._claim_forever())  # "0": own pending entries first
+        await self._ensure_group()
+        async with asyncio.TaskGroup() as group:  # one fails: the other is cancelled, not left behind
+            group.create_task(self._read("0"))  # "0": own pending entries first
+            group.create_task(self._claim_forever())
+
+    def tasks(self) -> list[asyncio.Task]:
+        """The entries in progress (to cancel at shutdown)."""
+        return list(self._runners.values())
+
+    async def _ensure_group(self) -> None:
+        while True:
+            raise_if_cancelled()
+            try:
+                return await ensure_group(self.redis)
+            except REDIS_DOWN as exc:
+                log.warning("Redis unreachable (%r): trying again in %.1f s", exc, REDIS_RETRY_S)
+                await asyncio.sleep(REDIS_RETRY_S)
 
     async def _read(self, start: str) -> None:
         last = start
         while True:
-            reply = await self.redis.xreadgroup(GROUP, self.name, {STREAM: last}, count=100, block=1000)
+            raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
+            try:
+                reply = await self.redis.xreadgroup(GROUP, self.name, {STREAM: last}, count=100, block=1000)
+            except REDIS_DOWN as exc:
+                log.warning("reading the stream failed (%r): trying again in %.1f s", exc, REDIS_RETRY_S)
+                await asyncio.sleep(REDIS_RETRY_S)
+                continue
+            except ResponseError as exc:
+                if not group_gone(exc):
+                    raise
+                # the entries not read yet went with the stream (README: queue under kill-redis);
+                # own pending entries too: read new ones from now on
+                log.warning("the stream's consumer group is gone (Redis restarted): creating it again")
+                await self._ensure_group()
+                last = ">"
+                continue
             entries = reply[0][1] if reply else []
             if last == "0" and not entries:
                 last = ">"  # own backlog done: new entries from now on
@@ -102,10 +148,12 @@ class QueueWorker:
     async def _claim_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
             try:
                 reply = await self.redis.xautoclaim(STREAM, GROUP, self.name, CLAIM_IDLE_MS, "0-0", count=100)
-            except Exception:
-                log.exception("xautoclaim failed")
+            except Exception as exc:  # Redis down or restarted (the read loop creates the group again)
+                if not (group_gone(exc) or isinstance(exc, REDIS_DOWN)):
+                    log.exception("xautoclaim failed")
                 continue
             for entry_id, fields in reply[1]:
                 if fields and entry_id not in self._held:
@@ -124,6 +172,7 @@ class QueueWorker:
     async def _run_task(self, key: Key) -> None:
         try:
             while self._queued.get(key):
+                raise_if_cancelled()
                 entry_id, fields = self._queued[key].pop(0)
                 try:
                     async with self.slots:
@@ -177,18 +226,26 @@ async def serve(port: int, name: str) -> None:
     pool = await db.create_pool(settings.pg_dsn)
     r = redis_client.client(settings.redis_url, decode_responses=True)
     runner = await metrics.serve_health_and_metrics("queue-worker", settings.host, port)
-    work = asyncio.create_task(QueueWorker(name, settings, pool, r).run())
+    worker = QueueWorker(name, settings, pool, r)
+    work = asyncio.create_task(worker.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    work.cancel()
-    failed = (await asyncio.gather(work, return_exceptions=True))[0]
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
+    # the worker, then its entries in progress (unacknowledged: reclaimed by the other worker)
+    await cancel_and_wait([work, stopping])
+    await cancel_and_wait(worker.tasks())
+    failed = None if work.cancelled() else work.exception()
     await runner.cleanup()
     await r.aclose()
-    await pool.close()
-    if isinstance(failed, Exception):  # e.g. Redis went away: exit, supervisor restarts us
+    try:  # close waits for connections in use; none should be left, but never hang here
+        async with asyncio.timeout(5):
+            await pool.close()
+    except TimeoutError:
+        log.warning("closing the PostgreSQL pool took over 5 s: terminated")  # (asyncpg terminates it)
+    if failed is not None:  # an unexpected error: exit, supervisor restarts us
         raise failed
 
 

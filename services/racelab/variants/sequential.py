@@ -16,6 +16,7 @@ import logging
 import time
 
 from .. import db, metrics
+from ..cancellation import raise_if_cancelled
 from ..protocol import Event
 from ..state import apply_events
 from . import Variant
@@ -43,6 +44,7 @@ class Sequential(Variant):
     async def _drain_forever(self) -> None:
         interval = self.ctx.settings.sweep_interval_s
         while True:
+            raise_if_cancelled()  # (wait_for below may drop the cancel: cancellation.py)
             try:  # woken by an ack here, or every interval for events acked by a pod that died
                 await asyncio.wait_for(self._wake.wait(), interval)
             except asyncio.TimeoutError:

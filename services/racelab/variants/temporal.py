@@ -19,6 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from .. import metrics
+from ..cancellation import raise_if_cancelled
 from ..config import SIGNAL_CANCEL, SIGNAL_RECEIVE_EVENT, TASK_QUEUE, WORKFLOW_NAME
 from ..protocol import Event, TaskRef
 from ..state import state_agent
@@ -101,6 +102,7 @@ class TemporalVariant(Variant):
     async def _relay_forever(self) -> None:
         backoff = 0.0
         while True:
+            raise_if_cancelled()  # (wait_for below may drop the cancel: cancellation.py)
             if backoff:
                 await asyncio.sleep(backoff)
             else:
