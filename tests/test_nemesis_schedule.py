@@ -1,7 +1,13 @@
-"""The nemesis' fault and schedule syntax (pure logic, no lab)."""
+"""The nemesis' fault and schedule syntax, and the time a fault is recorded at (pure logic, no lab)."""
+import asyncio
+import json
+import time
+
 import pytest
 
+from racelab.config import Settings
 from racelab.nemesis.faults import Fault, FaultSpecError, Scheduled, parse_schedule
+from racelab.nemesis.record import inject
 
 RUNNING = ("unguarded", "locked", "temporal")
 
@@ -41,3 +47,41 @@ def test_a_schedule_with_nothing_within_the_duration_is_an_error():
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "RACELAB_STATE_DIR": "/nonexistent-racelab-state"})
     assert done.returncode == 1 and "no fault falls within the run's 3 s" in done.stderr, done.stderr
+
+
+class SlowLookupRuntime:
+    """A runtime whose process lookup takes LOOKUP_S before it signals (supervisor's answer took
+    up to 190 ms under a burst); it marks when it signalled, as the real runtimes do."""
+    name = "docker"  # keep() stores through the runtime: no PostgreSQL needed here
+    LOOKUP_S = 0.2
+
+    def __init__(self):
+        self.signalled_at = None
+
+    async def kill(self, process, signalled=None):
+        await asyncio.sleep(self.LOOKUP_S)
+        self.signalled_at = signalled["at"] = time.time()
+        return "old"
+
+    async def pause(self, process, seconds, signalled=None):
+        await asyncio.sleep(self.LOOKUP_S)
+        self.signalled_at = signalled["at"] = time.time()
+        await asyncio.sleep(seconds)
+
+    async def wait_back(self, process, old):
+        return time.time()
+
+    async def store(self, record):
+        return True
+
+
+@pytest.mark.parametrize("spec", ["kill-redis@1s", "pause-pod:locked@1s"])
+async def test_a_fault_is_recorded_at_its_signal_not_before_the_lookup(spec, tmp_path):
+    """`at` bounds the events "in flight at the fault": an `at` taken before the lookup left out
+    those accepted between it and the signal."""
+    runtime = SlowLookupRuntime()
+    before = time.time()
+    record = await inject(Settings.from_env(), runtime, parse_schedule(spec, RUNNING)[0].fault,
+                          log_path=tmp_path / "faults.jsonl", pause_s=0.01)
+    assert record.at == runtime.signalled_at >= before + SlowLookupRuntime.LOOKUP_S
+    assert json.loads((tmp_path / "faults.jsonl").read_text())["at"] == record.at

@@ -35,26 +35,32 @@ class FaultRecord:
 async def inject(settings: Settings, runtime, fault: Fault, run_id: str = "", log_path=None,
                  pause_s: float | None = None) -> FaultRecord:
     process = fault.target
-    at = time.time()
+    # when the signal went (the runtime marks it): the time before the runtime looked the process
+    # up was up to 190 ms earlier under a burst (supervisor's answer), and the events accepted
+    # meanwhile were not counted in flight at the fault
+    signalled = {"at": time.time()}
     try:
         if fault.kind == "pause-pod":
-            await runtime.pause(process, pause_s if pause_s is not None else settings.lock_ttl_s * PAUSE_LEASES)
+            await runtime.pause(process, pause_s if pause_s is not None else settings.lock_ttl_s * PAUSE_LEASES,
+                                signalled=signalled)
             back_at = await runtime.wait_back(process, None)
         else:
-            old = await runtime.kill(process)
+            old = await runtime.kill(process, signalled=signalled)
             back_at = await runtime.wait_back(process, old)
-        record = FaultRecord(fault.kind, process, at, back_at, run_id)
+        record = FaultRecord(fault.kind, process, signalled["at"], back_at, run_id)
     except asyncio.CancelledError:
         # the nemesis was stopped mid-fault (the fault itself is undone by then): the fault
         # happened, so it is recorded all the same, as not seen back
-        record = FaultRecord(fault.kind, process, at, None, run_id, error="cancelled: the nemesis was stopped")
+        record = FaultRecord(fault.kind, process, signalled["at"], None, run_id,
+                             error="cancelled: the nemesis was stopped")
         try:
             await asyncio.wait_for(keep(settings, runtime, record, log_path, store_timeout_s=3.0), 5.0)
         except (asyncio.TimeoutError, OSError):
             pass  # the JSON line is written first; the row is best effort while stopping
         raise
     except Exception as exc:
-        record = FaultRecord(fault.kind, process, at, None, run_id, error=f"{exc.__class__.__name__}: {exc}")
+        record = FaultRecord(fault.kind, process, signalled["at"], None, run_id,
+                             error=f"{exc.__class__.__name__}: {exc}")
     await keep(settings, runtime, record, log_path)
     return record
 
