@@ -7,6 +7,7 @@ in several dozen hung with the worker's health port closed: racelab/cancellation
 import asyncio
 import os
 
+import aiohttp
 import pytest
 
 from helpers import counts_for, new_id, send_event
@@ -39,3 +40,7 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
     assert {v: (counts[v].accepted, counts[v].applied, counts[v].lost, counts[v].duplicates) for v in REDIS_VARIANTS} == {
         v: (EVENTS, EVENTS, 0, 0) for v in REDIS_VARIANTS}
     assert {w: runtime.pid(w) for w in queue_workers} == worker_pids  # none exited
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for r in range(1, lab.settings.queue_workers + 1):  # and each still serves (a hung one kept its pid)
+            async with session.get(f"http://{lab.settings.host}:{lab.settings.queue_worker_port(r)}/healthz") as resp:
+                assert resp.status == 200

@@ -1,14 +1,17 @@
 """The race zoo (issue 10): each variant's documented outcome on the native lab, from one shared
 burst where the outcome is a burst's, and a short scenario of its own where it needs one."""
 import asyncio
+import os
 import time
 
 import aiohttp
 import pytest
 
-from racelab import db
+from racelab import db, redis_client
 from racelab.clients.burst import burst_and_check, event_send
+from racelab.lab import native
 from racelab.nemesis.runtimes import NativeRuntime
+from racelab.variants.queue import GROUP, STREAM
 
 from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, new_id, send_event, send_events, table_counts,
                      wait_until)
@@ -153,6 +156,34 @@ async def test_queue_loses_nothing_when_a_queue_worker_is_killed_mid_burst(lab):
     c = (await burst_task)["results"]["queue"]
     assert (c.accepted, c.applied, c.lost, c.duplicate_applications, c.counter_drift) == (180, 180, 0, 0, 0)
     assert c.duplicate_side_effects <= 8  # at most the model calls in flight at the kill
+
+
+async def test_a_restarted_queue_worker_reads_its_pending_entries_then_new_ones(lab):
+    """A worker restarted with entries pending (read by it, not acknowledged: it was killed) reads
+    those first, then new ones. It used to stay on the id of its last pending entry and read
+    nothing new (asking Redis about 8,000 times a second), unseen while the other worker took
+    everything: so the other worker is stopped here."""
+    if not lab.owned and os.environ.get("RACELAB_TEST_FAULTS") != "1":
+        pytest.skip("--lab=existing: stopping its queue workers needs RACELAB_TEST_FAULTS=1")
+    settings = lab.settings
+    task = new_id("zoo-qpending")
+    r = redis_client.client(settings.redis_url, decode_responses=True)
+    await asyncio.to_thread(native.supervisorctl, settings, "stop", "queue-worker-1", "queue-worker-2")
+    try:
+        assert (await send_event(settings, "queue", task, f"{task}-1", 1))[0] == 200
+        # what a killed worker leaves behind: the entry read by it and not acknowledged
+        reply = await r.xreadgroup(GROUP, "queue-worker-1", {STREAM: ">"}, count=10_000)
+        assert f"{task}-1" in [fields["event_id"] for _, fields in reply[0][1]]
+        await asyncio.to_thread(native.supervisorctl, settings, "start", "queue-worker-1")
+        assert (await send_event(settings, "queue", task, f"{task}-2", 2))[0] == 200
+        c = (await counts_for(settings, task))["queue"]
+        assert (c.accepted, c.applied, c.lost, c.duplicates) == (2, 2, 0, 0)
+        # applied entries leave the stream (it grew by every event for as long as Redis ran)
+        assert [f for _, f in await r.xrange(STREAM) if f["task_id"] == task] == []
+    finally:
+        await asyncio.to_thread(native.supervisorctl, settings, "start", "queue-worker-1", "queue-worker-2",
+                                check=False)
+        await r.aclose()
 
 
 async def test_multi_agent_shared_state_needs_a_task_level_key(lab):

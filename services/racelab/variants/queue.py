@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import time
 
 import redis.asyncio as redis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import db, metrics, redis_client
@@ -47,6 +48,12 @@ CLAIM_IDLE_MS = 5000  # an entry read this long ago and not acknowledged: its wo
 REDIS_RETRY_S = 0.5  # Redis unreachable (each command retries for ~0.5 s first: redis_client.py)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 Key = tuple[str, str]  # (task_id, agent_id)
+
+
+def redis_down(exc: BaseException) -> bool:
+    """Unreachable or restarting: wait and try again. (A refused password is a ConnectionError
+    too, but waiting does not mend it: it ends the worker, which says why.)"""
+    return isinstance(exc, REDIS_DOWN) and not isinstance(exc, (AuthenticationError, AuthorizationError))
 
 
 async def ensure_group(r: redis.Redis) -> None:
@@ -114,6 +121,8 @@ class QueueWorker:
             try:
                 return await ensure_group(self.redis)
             except REDIS_DOWN as exc:
+                if not redis_down(exc):
+                    raise
                 log.warning("Redis unreachable (%r): trying again in %.1f s", exc, REDIS_RETRY_S)
                 await asyncio.sleep(REDIS_RETRY_S)
 
@@ -124,6 +133,8 @@ class QueueWorker:
             try:
                 reply = await self.redis.xreadgroup(GROUP, self.name, {STREAM: last}, count=100, block=1000)
             except REDIS_DOWN as exc:
+                if not redis_down(exc):
+                    raise
                 log.warning("reading the stream failed (%r): trying again in %.1f s", exc, REDIS_RETRY_S)
                 await asyncio.sleep(REDIS_RETRY_S)
                 continue
@@ -137,13 +148,15 @@ class QueueWorker:
                 last = ">"
                 continue
             entries = reply[0][1] if reply else []
-            if last == "0" and not entries:
-                last = ">"  # own backlog done: new entries from now on
-                continue
             for entry_id, fields in entries:
-                self.dispatch(entry_id, fields)
-            if last == "0":
-                last = entries[-1][0]
+                if fields:
+                    self.dispatch(entry_id, fields)
+                else:  # deleted from the stream (applied: _done) while pending here
+                    await self._done(entry_id)
+            if last != ">":  # own pending entries (a restarted worker): on after the last one read,
+                # then new entries once they are done (a read by id does not block: it stayed
+                # on its last id and read nothing new, about 8,000 times a second)
+                last = entries[-1][0] if entries else ">"
 
     async def _claim_forever(self) -> None:
         while True:
@@ -152,7 +165,7 @@ class QueueWorker:
             try:
                 reply = await self.redis.xautoclaim(STREAM, GROUP, self.name, CLAIM_IDLE_MS, "0-0", count=100)
             except Exception as exc:  # Redis down or restarted (the read loop creates the group again)
-                if not (group_gone(exc) or isinstance(exc, REDIS_DOWN)):
+                if not (group_gone(exc) or redis_down(exc)):
                     log.exception("xautoclaim failed")
                 continue
             for entry_id, fields in reply[1]:
@@ -175,17 +188,28 @@ class QueueWorker:
                 raise_if_cancelled()
                 entry_id, fields = self._queued[key].pop(0)
                 try:
-                    async with self.slots:
-                        await self.apply(fields)
-                    await self.redis.xack(STREAM, GROUP, entry_id)
-                except Exception:  # not acknowledged: reclaimed (by any worker) once idle
-                    log.exception("entry %s failed; it will be reclaimed", entry_id)
+                    try:
+                        async with self.slots:
+                            await self.apply(fields)
+                    except Exception:  # not acknowledged: reclaimed (by any worker) once idle
+                        log.exception("entry %s failed; it will be reclaimed", entry_id)
+                        continue
+                    await self._done(entry_id)
                 finally:
                     self._held.discard(entry_id)
         finally:
             self._runners.pop(key, None)
             if not self._queued.get(key):
                 self._queued.pop(key, None)
+
+    async def _done(self, entry_id: str) -> None:
+        """Acknowledge the entry and delete it: the stream keeps only entries not applied yet (it
+        grew by every event before, acknowledged or not, for as long as Redis ran)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await pipe.xack(STREAM, GROUP, entry_id).xdel(STREAM, entry_id).execute()
+        except Exception as exc:  # (Redis down or restarted) applied all the same: a re-delivery is deduped
+            log.warning("entry %s applied; acknowledging it failed (%r)", entry_id, exc)
 
     async def apply(self, f: dict) -> None:
         task_id, agent_id, event_id = f["task_id"], f["agent_id"], f["event_id"]
@@ -235,8 +259,9 @@ async def serve(port: int, name: str) -> None:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
     # the worker, then its entries in progress (unacknowledged: reclaimed by the other worker)
-    await cancel_and_wait([work, stopping])
-    await cancel_and_wait(worker.tasks())
+    left = await cancel_and_wait([work, stopping]) | await cancel_and_wait(worker.tasks())
+    if left:  # (logged by cancel_and_wait) asyncio.run would wait for them forever
+        os._exit(1)
     failed = None if work.cancelled() else work.exception()
     await runner.cleanup()
     await r.aclose()
