@@ -203,8 +203,8 @@ class QueueWorker:
                 self._queued.pop(key, None)
 
     async def _done(self, entry_id: str) -> None:
-        """Acknowledge the entry and delete it: the stream keeps only entries not applied yet (it
-        grew by every event before, acknowledged or not, for as long as Redis ran)."""
+        """Acknowledge the entry and delete it from the stream (which grew by every event before,
+        acknowledged or not, for as long as Redis ran)."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await pipe.xack(STREAM, GROUP, entry_id).xdel(STREAM, entry_id).execute()
