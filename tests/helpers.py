@@ -29,6 +29,12 @@ SHARED_BURSTS = {
 }
 
 
+def instances_of(settings, service: str) -> list:
+    """The lab's processes of one service, as its topology names them (e.g. "queue-worker")."""
+    from racelab.lab.topology import services
+    return [inst for s in services(settings) if s.name == service for inst in s.instances()]
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -10,7 +10,8 @@ import os
 import aiohttp
 import pytest
 
-from helpers import counts_for, new_id, send_event
+from helpers import counts_for, instances_of, new_id, send_event
+from racelab.lab.native import healthy
 from racelab.nemesis.runtimes import NativeRuntime
 
 # (cursor-skip uses Redis too, but loses events one after another by design: its skips hide any other)
@@ -26,8 +27,8 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
         pytest.skip(f"the lab does not run {', '.join(missing)} (RACELAB_VARIANTS=all)")
     prefix = new_id("redis-restart") + "-"
     runtime = NativeRuntime(lab.settings)
-    queue_workers = [f"queue-worker-{r}" for r in range(1, lab.settings.queue_workers + 1)]
-    worker_pids = {w: runtime.pid(w) for w in queue_workers}
+    queue_workers = instances_of(lab.settings, "queue-worker")
+    worker_pids = {w.name: runtime.pid(w.name) for w in queue_workers}
     old = await runtime.kill("redis")  # the nemesis's kill-redis (SIGKILL; supervisor restarts it)
     await runtime.wait_back("redis", old, timeout_s=30)
 
@@ -39,8 +40,7 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
     counts = await counts_for(lab.settings, prefix)
     assert {v: (counts[v].accepted, counts[v].applied, counts[v].lost, counts[v].duplicates) for v in REDIS_VARIANTS} == {
         v: (EVENTS, EVENTS, 0, 0) for v in REDIS_VARIANTS}
-    assert {w: runtime.pid(w) for w in queue_workers} == worker_pids  # none exited
+    assert {w.name: runtime.pid(w.name) for w in queue_workers} == worker_pids  # none exited
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        for r in range(1, lab.settings.queue_workers + 1):  # and each still serves (a hung one kept its pid)
-            async with session.get(f"http://{lab.settings.host}:{lab.settings.queue_worker_port(r)}/healthz") as resp:
-                assert resp.status == 200
+        # and each still serves (a hung one kept its pid)
+        assert {w.name: await healthy(w, lab.settings, session) for w in queue_workers} == dict.fromkeys(worker_pids, True)

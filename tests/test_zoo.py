@@ -13,7 +13,8 @@ from racelab.lab import native
 from racelab.nemesis.runtimes import NativeRuntime
 from racelab.variants.queue import GROUP, STREAM
 
-from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, new_id, send_event, send_events, table_counts,
+from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, instances_of, new_id, send_event, send_events,
+                     table_counts,
                      wait_until)
 
 pytestmark = pytest.mark.shared_burst("zoo")  # one burst for the module (helpers.SHARED_BURSTS)
@@ -167,7 +168,7 @@ async def test_a_restarted_queue_worker_reads_its_pending_entries_then_new_ones(
         pytest.skip("--lab=existing: stopping its queue workers needs RACELAB_TEST_FAULTS=1")
     settings = lab.settings
     task = new_id("zoo-qpending")
-    workers = [f"queue-worker-{n}" for n in range(1, settings.queue_workers + 1)]
+    workers = [w.name for w in instances_of(settings, "queue-worker")]
     r = redis_client.client(settings.redis_url, decode_responses=True)
     await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
     try:
