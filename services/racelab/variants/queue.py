@@ -56,6 +56,14 @@ def redis_down(exc: BaseException) -> bool:
     return isinstance(exc, REDIS_DOWN) and not isinstance(exc, (AuthenticationError, AuthorizationError))
 
 
+async def wait_if_down(exc: BaseException, what: str) -> None:
+    """Redis down: wait REDIS_RETRY_S (the caller tries again); anything else: raise exc."""
+    if not redis_down(exc):
+        raise exc
+    log.warning("%s failed (%r): trying again in %.1f s", what, exc, REDIS_RETRY_S)
+    await asyncio.sleep(REDIS_RETRY_S)
+
+
 async def ensure_group(r: redis.Redis) -> None:
     try:  # from id 0: entries added before the group existed are delivered too
         await r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
@@ -121,10 +129,7 @@ class QueueWorker:
             try:
                 return await ensure_group(self.redis)
             except REDIS_DOWN as exc:
-                if not redis_down(exc):
-                    raise
-                log.warning("Redis unreachable (%r): trying again in %.1f s", exc, REDIS_RETRY_S)
-                await asyncio.sleep(REDIS_RETRY_S)
+                await wait_if_down(exc, "creating the group")
 
     async def _read(self, start: str) -> None:
         last = start
@@ -133,10 +138,7 @@ class QueueWorker:
             try:
                 reply = await self.redis.xreadgroup(GROUP, self.name, {STREAM: last}, count=100, block=1000)
             except REDIS_DOWN as exc:
-                if not redis_down(exc):
-                    raise
-                log.warning("reading the stream failed (%r): trying again in %.1f s", exc, REDIS_RETRY_S)
-                await asyncio.sleep(REDIS_RETRY_S)
+                await wait_if_down(exc, "reading the stream")
                 continue
             except ResponseError as exc:
                 if not group_gone(exc):
