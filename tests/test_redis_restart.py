@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from helpers import counts_for, instances_of, new_id, send_event
+from racelab.lab import native
 from racelab.lab.native import healthy
 from racelab.nemesis.runtimes import NativeRuntime
 
@@ -44,3 +45,27 @@ async def test_every_redis_variant_serves_and_applies_at_once_after_a_redis_rest
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         # and each still serves (a hung one kept its pid)
         assert {w.name: await healthy(w, lab.settings, session) for w in queue_workers} == dict.fromkeys(worker_pids, True)
+
+
+async def test_queue_applies_the_entries_a_redis_restart_took_from_its_stream(lab):
+    """Redis keeps nothing on disk here: a restart takes the stream, and with it every entry no
+    queue worker had applied. The event log still has those events (an ack means logged), and the
+    workers' reconciler adds them to the stream again. The workers are stopped while the events are
+    sent, so that none is read before the kill: before the reconciler, all of them were lost."""
+    if not lab.owned and os.environ.get("RACELAB_TEST_FAULTS") != "1":
+        pytest.skip("--lab=existing: killing its Redis needs RACELAB_TEST_FAULTS=1")
+    if "queue" not in lab.settings.variants:
+        pytest.skip("the lab does not run queue (RACELAB_VARIANTS=all)")
+    task = new_id("redis-restart-queue")
+    runtime = NativeRuntime(lab.settings)
+    workers = [w.name for w in instances_of(lab.settings, "queue-worker")]
+    await asyncio.to_thread(native.supervisorctl, lab.settings, "stop", *workers)
+    try:
+        statuses = [(await send_event(lab.settings, "queue", task, f"{task}-{i}", i))[0] for i in range(EVENTS)]
+        assert statuses == [200] * EVENTS
+        old = await runtime.kill("redis")
+        await runtime.wait_back("redis", old, timeout_s=30)
+    finally:
+        await asyncio.to_thread(native.supervisorctl, lab.settings, "start", *workers, check=False)
+    c = (await counts_for(lab.settings, task))["queue"]
+    assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (EVENTS, EVENTS, 0, 0, 0)

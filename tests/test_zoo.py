@@ -188,6 +188,44 @@ async def test_a_restarted_queue_worker_reads_its_pending_entries_then_new_ones(
         await r.aclose()
 
 
+async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_in_the_stream(lab):
+    """The queue workers' reconciler (what gives back the entries a Redis restart took): events
+    that wait in the stream are left alone, however old; the ones whose entries are gone are added
+    again, once; and they are then applied once. The workers are stopped, so the entries wait."""
+    if not lab.owned and os.environ.get("RACELAB_TEST_FAULTS") != "1":
+        pytest.skip("--lab=existing: stopping its queue workers needs RACELAB_TEST_FAULTS=1")
+    from racelab.variants.queue import ORPHAN_AGE_S, QueueWorker
+    settings = lab.settings
+    task = new_id("zoo-qreconcile")
+    ids = [f"{task}-{i}" for i in range(3)]
+    workers = [w.name for w in instances_of(settings, "queue-worker")]
+    r = redis_client.client(settings.redis_url, decode_responses=True)
+    pool = await db.create_pool(settings.pg_dsn)
+    reconciler = QueueWorker("test-reconciler", settings, pool, r)
+
+    async def entries() -> dict[str, str]:  # entry id -> event id, this task's
+        return {entry_id: f["event_id"] for entry_id, f in await r.xrange(STREAM) if f["task_id"] == task}
+    await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
+    try:
+        assert [(await send_event(settings, "queue", task, event_id, i))[0] for i, event_id in enumerate(ids)] == [200] * 3
+        await asyncio.sleep(ORPHAN_AGE_S + 0.5)  # old enough to be taken for lost, if they were
+        await reconciler.reconcile_once()
+        before = await entries()
+        assert sorted(before.values()) == ids  # waiting in the stream: not added again
+        gone = [entry_id for entry_id, event_id in before.items() if event_id != ids[0]]
+        await r.xdel(STREAM, *gone)  # what a Redis restart does to entries not applied yet
+        assert await reconciler.reconcile_once() >= 2
+        await reconciler.reconcile_once()  # (in the stream again now: not added a second time)
+        after = await entries()
+        assert sorted(after.values()) == ids and not set(gone) & set(after)
+    finally:
+        await asyncio.to_thread(native.supervisorctl, settings, "start", *workers, check=False)
+        await r.aclose()
+        await pool.close()
+    c = (await counts_for(settings, task))["queue"]
+    assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (3, 3, 0, 0, 0)
+
+
 async def test_multi_agent_shared_state_needs_a_task_level_key(lab):
     """The matrix's multi-agent scenario (the second seed's case): 3 agents per task append to the
     task's one history (task.params.shared_state). A lock and cursor keyed per (task, agent), as

@@ -37,6 +37,9 @@ SIGNAL_TO_APPLY = Histogram("racelab_temporal_signal_to_apply_seconds",
 
 RELAYED = Counter("racelab_outbox_relayed_total", "Outbox rows signalled to their workflow (temporal)",
                   ["variant"])
+RECONCILED = Counter("racelab_queue_reconciled_total",
+                     "Accepted events added to the stream again: neither applied nor in it (queue, after a Redis restart)",
+                     ["variant"])
 
 METHODS = protocol.METHODS + ("unknown",)  # "unknown": rejected before the method was known
 OUTCOMES = ("ok", "rejected", "unavailable", "error")  # unavailable: a dependency was down (503)

@@ -17,6 +17,12 @@ the stream and the group with it; the worker's next read meets NOGROUP and creat
 again (the pods' next XADD creates the stream). While Redis is down it waits and keeps serving
 its health port. It used to exit and let supervisor restart it; one such exit in several dozen
 hung (cancellation.py) and left the worker alive with its health port closed.
+
+What such a restart takes with it, the entries no worker had applied yet, the reconciler gives
+back: every sweep_interval_s one worker (a Redis lock per turn) adds again each accepted event
+that is neither applied nor in the stream ORPHAN_AGE_S after its ack. The event log is the
+truth, the stream only its delivery: without the reconciler a Redis kill lost the entries no
+worker had read (1 of 800 in two of six make chaos runs, 2026-11-27).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import signal
 import time
 
@@ -37,7 +44,7 @@ from ..cancellation import cancel_and_wait, raise_if_cancelled
 from ..config import Settings
 from ..model import Model, model_latency_ms
 from ..protocol import Event
-from ..state import apply_events, initial_state, state_agent
+from ..state import SHARED_AGENT, apply_events, initial_state, state_agent
 from . import Variant
 
 log = logging.getLogger("racelab.queue")
@@ -48,6 +55,15 @@ CLAIM_IDLE_MS = 5000  # an entry read this long ago and not acknowledged: its wo
 REDIS_RETRY_S = 0.5  # Redis unreachable (each command retries for ~0.5 s first: redis_client.py)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 Key = tuple[str, str]  # (task_id, agent_id)
+# An accepted event this old, neither applied nor in the stream, has lost its entry (a Redis
+# restart): the reconciler adds it again. Younger ones may be between the pod's XADD and its
+# commit; an entry added twice costs a row lock and a look at the history, nothing more.
+ORPHAN_AGE_S = 3.0
+# The reconciler's scan starts after the highest seq it knows to be settled: every event at or
+# below it applied, and older than this (a BIGSERIAL commits out of order, but no recording
+# transaction stays open this long).
+SETTLED_AGE_S = 60.0
+RECONCILER_LOCK = "racelab:queue:reconciler"
 
 
 def redis_down(exc: BaseException) -> bool:
@@ -112,12 +128,14 @@ class QueueWorker:
         self._queued: dict[Key, list[tuple[str, dict]]] = {}
         self._runners: dict[Key, asyncio.Task] = {}
         self._held: set[str] = set()  # entry ids queued or in progress here
+        self._settled_seq = 0  # the reconciler's scan starts after it (0: the whole log, once)
 
     async def run(self) -> None:
         await self._ensure_group()
-        async with asyncio.TaskGroup() as group:  # one fails: the other is cancelled, not left behind
+        async with asyncio.TaskGroup() as group:  # one fails: the others are cancelled, not left behind
             group.create_task(self._read("0"))  # "0": own pending entries first
             group.create_task(self._claim_forever())
+            group.create_task(self._reconcile_forever())
 
     def tasks(self) -> list[asyncio.Task]:
         """The entries in progress (to cancel at shutdown)."""
@@ -174,6 +192,69 @@ class QueueWorker:
                 if fields and entry_id not in self._held:
                     log.warning("claimed %s (idle > %d ms): its worker is gone", entry_id, CLAIM_IDLE_MS)
                     self.dispatch(entry_id, fields)
+
+    async def _reconcile_forever(self) -> None:
+        interval = self.settings.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # the workers out of step
+            raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
+            try:
+                if await self.redis.set(RECONCILER_LOCK, self.name, nx=True, px=int(interval * 900)):
+                    await self.reconcile_once()
+            except Exception as exc:  # Redis or PostgreSQL down: the next turn tries again
+                log.warning("reconciling the stream with the event log failed (%r)", exc)
+
+    async def reconcile_once(self) -> int:
+        """Add again every accepted event that is neither applied nor in the stream ORPHAN_AGE_S
+        after its ack. Returns how many were added."""
+        in_stream, start = set(), "-"
+        while True:  # the stream first: an entry applied and deleted after this read is applied in
+            # the log read below; read the other way round it would look lost
+            page = await self.redis.xrange(STREAM, min=start, count=1000)
+            in_stream.update(fields.get("event_id") for _, fields in page)
+            if len(page) < 1000:
+                break
+            start = "(" + page[-1][0]
+        settled = self._settled_seq
+        # the histories of the tasks with an event since `settled`, each read once (not once per event)
+        rows = await self.pool.fetch(
+            """WITH recent AS MATERIALIZED (
+                   SELECT seq, task_id, agent_id, event_id, accepted_at FROM events
+                   WHERE variant = $1 AND seq > $2 AND accepted_at > clock_timestamp() - interval '1 hour'),
+               applied AS MATERIALIZED (
+                   SELECT DISTINCT h.event_id FROM (SELECT DISTINCT task_id, agent_id FROM recent) t
+                   LEFT JOIN task_states s ON s.variant = $1 AND s.task_id = t.task_id AND s.agent_id = t.agent_id
+                   LEFT JOIN task_states sh ON sh.variant = $1 AND sh.task_id = t.task_id AND sh.agent_id = $4
+                   CROSS JOIN LATERAL jsonb_array_elements_text(COALESCE(sh.state, s.state)->'history') AS h(event_id))
+               SELECT r.seq, r.task_id, r.agent_id, r.event_id,
+                      extract(epoch FROM r.accepted_at)::float8 AS accepted_at,
+                      r.accepted_at < clock_timestamp() - make_interval(secs => $3) AS orphan,
+                      COALESCE(sh.agent_id, r.agent_id) AS owner
+               FROM recent r LEFT JOIN task_states sh ON sh.variant = $1 AND sh.task_id = r.task_id
+                                                     AND sh.agent_id = $4
+               WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.event_id = r.event_id) ORDER BY r.seq""",
+            NAME, settled, ORPHAN_AGE_S, SHARED_AGENT)
+        lost = [r for r in rows if r["orphan"] and r["event_id"] not in in_stream]
+        for r in lost:
+            # the pod's fields; a task's model latency knob (task.params) is not in the log: the
+            # lab's default serves (with task.params.shared_state, the task's shared state once it
+            # has one)
+            await self.redis.xadd(STREAM, {"task_id": r["task_id"], "agent_id": r["agent_id"],
+                                           "event_id": r["event_id"], "accepted_at": repr(r["accepted_at"]),
+                                           "state_agent": r["owner"], "model_latency_ms": ""})
+        if lost:
+            log.warning("added %d accepted events again that were neither applied nor in the stream "
+                        "(Redis restarted?): %s", len(lost), ", ".join(r["event_id"] for r in lost[:5]))
+            metrics.RECONCILED.labels(NAME).inc(len(lost))
+        # next time start after the last event that is settled: old enough, and everything up to it applied
+        settled_to = await self.pool.fetchval(
+            """SELECT max(seq) FROM events WHERE variant = $1 AND seq > $2
+               AND accepted_at < clock_timestamp() - make_interval(secs => $3)""", NAME, settled, SETTLED_AGE_S)
+        if settled_to is not None:
+            if rows:
+                settled_to = min(settled_to, rows[0]["seq"] - 1)
+            self._settled_seq = max(self._settled_seq, settled_to)
+        return len(lost)
 
     def dispatch(self, entry_id: str, fields: dict) -> None:
         if entry_id in self._held:
