@@ -59,8 +59,8 @@ async def test_queue_applies_the_entries_a_redis_restart_took_from_its_stream(la
     task = new_id("redis-restart-queue")
     runtime = NativeRuntime(lab.settings)
     workers = [w.name for w in instances_of(lab.settings, "queue-worker")]
-    await asyncio.to_thread(native.supervisorctl, lab.settings, "stop", *workers)
     try:
+        await asyncio.to_thread(native.supervisorctl, lab.settings, "stop", *workers)
         statuses = [(await send_event(lab.settings, "queue", task, f"{task}-{i}", i))[0] for i in range(EVENTS)]
         assert statuses == [200] * EVENTS
         old = await runtime.kill("redis")

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from racelab import db, redis_client
-from racelab.clients.burst import burst_and_check, event_send
+from racelab.clients.burst import AGENT, burst_and_check, event_send
 from racelab.lab import native
 from racelab.nemesis.runtimes import NativeRuntime
 from racelab.variants.queue import GROUP, STREAM
@@ -188,42 +188,53 @@ async def test_a_restarted_queue_worker_reads_its_pending_entries_then_new_ones(
         await r.aclose()
 
 
-async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_in_the_stream(lab):
+@pytest.mark.parametrize("task_params", [None, {"shared_state": True}], ids=["own-state", "shared-state"])
+async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_in_the_stream(lab, task_params):
     """The queue workers' reconciler (what gives back the entries a Redis restart took): events
     that wait in the stream are left alone, however old; the ones whose entries are gone are added
-    again, once; and they are then applied once. The workers are stopped, so the entries wait."""
+    again, once, for the state they belong to (with task.params.shared_state the task's one state,
+    though the event log does not keep the params); and they are then applied once. The workers
+    are stopped, so the entries wait."""
     if not lab.owned and os.environ.get("RACELAB_TEST_FAULTS") != "1":
         pytest.skip("--lab=existing: stopping its queue workers needs RACELAB_TEST_FAULTS=1")
+    from racelab.checker.counts import counted_as
+    from racelab.state import SHARED_AGENT
     from racelab.variants.queue import ORPHAN_AGE_S, QueueWorker
     settings = lab.settings
     task = new_id("zoo-qreconcile")
     ids = [f"{task}-{i}" for i in range(3)]
+    owner = SHARED_AGENT if task_params else AGENT["id"]
     workers = [w.name for w in instances_of(settings, "queue-worker")]
     r = redis_client.client(settings.redis_url, decode_responses=True)
     pool = await db.create_pool(settings.pg_dsn)
     reconciler = QueueWorker("test-reconciler", settings, pool, r)
 
-    async def entries() -> dict[str, str]:  # entry id -> event id, this task's
-        return {entry_id: f["event_id"] for entry_id, f in await r.xrange(STREAM) if f["task_id"] == task}
-    await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
+    async def entries() -> dict[str, dict]:  # entry id -> fields, this task's
+        return {entry_id: f for entry_id, f in await r.xrange(STREAM) if f["task_id"] == task}
     try:
-        assert [(await send_event(settings, "queue", task, event_id, i))[0] for i, event_id in enumerate(ids)] == [200] * 3
+        await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
+        assert await send_events(settings, "queue", task, ids, task_params=task_params) == [200] * 3
         await asyncio.sleep(ORPHAN_AGE_S + 0.5)  # old enough to be taken for lost, if they were
         await reconciler.reconcile_once()
         before = await entries()
-        assert sorted(before.values()) == ids  # waiting in the stream: not added again
-        gone = [entry_id for entry_id, event_id in before.items() if event_id != ids[0]]
+        assert sorted(f["event_id"] for f in before.values()) == ids  # waiting in the stream: not added again
+        gone = [entry_id for entry_id, f in before.items() if f["event_id"] != ids[0]]
         await r.xdel(STREAM, *gone)  # what a Redis restart does to entries not applied yet
         assert await reconciler.reconcile_once() >= 2
         await reconciler.reconcile_once()  # (in the stream again now: not added a second time)
         after = await entries()
-        assert sorted(after.values()) == ids and not set(gone) & set(after)
+        assert sorted(f["event_id"] for f in after.values()) == ids and not set(gone) & set(after)
+        assert {f["state_agent"] for f in after.values()} == {owner}
     finally:
         await asyncio.to_thread(native.supervisorctl, settings, "start", *workers, check=False)
         await r.aclose()
         await pool.close()
-    c = (await counts_for(settings, task))["queue"]
+    c = (await counts_for(settings, task))[counted_as("queue", owner)]  # (a shared state: "queue@shared")
     assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (3, 3, 0, 0, 0)
+    async with db.connection(settings.pg_dsn) as conn:  # the state the events belong to has them
+        state = await conn.fetchval("SELECT state FROM task_states WHERE variant = 'queue' AND task_id = $1"
+                                    " AND agent_id = $2", task, owner)
+    assert sorted(state["history"]) == ids
 
 
 async def test_multi_agent_shared_state_needs_a_task_level_key(lab):

@@ -20,7 +20,7 @@ hung (cancellation.py) and left the worker alive with its health port closed.
 
 What such a restart takes with it, the entries no worker had applied yet, the reconciler gives
 back: every sweep_interval_s one worker (a Redis lock per turn) adds again each accepted event
-that is neither applied nor in the stream ORPHAN_AGE_S after its ack. The event log is the
+that is neither applied nor in the stream ORPHAN_AGE_S after it was recorded. The event log is the
 truth, the stream only its delivery: without the reconciler a Redis kill lost the entries no
 worker had read (1 of 800 in two of six make chaos runs, 2026-11-27).
 """
@@ -34,6 +34,7 @@ import random
 import signal
 import time
 
+import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,13 +57,10 @@ REDIS_RETRY_S = 0.5  # Redis unreachable (each command retries for ~0.5 s first:
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 Key = tuple[str, str]  # (task_id, agent_id)
 # An accepted event this old, neither applied nor in the stream, has lost its entry (a Redis
-# restart): the reconciler adds it again. Younger ones may be between the pod's XADD and its
-# commit; an entry added twice costs a row lock and a look at the history, nothing more.
+# restart): the reconciler adds it again. The age keeps out an event whose entry is added after
+# the reconciler's look at the stream; an entry added twice costs a row lock and a look at the
+# history, nothing more.
 ORPHAN_AGE_S = 3.0
-# The reconciler's scan starts after the highest seq it knows to be settled: every event at or
-# below it applied, and older than this (a BIGSERIAL commits out of order, but no recording
-# transaction stays open this long).
-SETTLED_AGE_S = 60.0
 RECONCILER_LOCK = "racelab:queue:reconciler"
 
 
@@ -112,9 +110,15 @@ class Queue(Variant):
         # a re-sent event is enqueued again: harmless (the worker dedupes), and it recovers an
         # entry a Redis restart dropped (this Redis keeps nothing on disk)
         latency = model_latency_ms(event.task_params)
+        owner = state_agent(event.task_params, event.agent_id)
+        if owner == SHARED_AGENT:  # the task's one state, there from its first event: the log does
+            # not keep task.params, and the reconciler finds whose state an event is by this row
+            await conn.execute("""INSERT INTO task_states (variant, task_id, agent_id, state)
+                                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                               NAME, event.task_id, SHARED_AGENT, initial_state())
         await self.redis.xadd(STREAM, {"task_id": event.task_id, "agent_id": event.agent_id,
                                        "event_id": event.event_id, "accepted_at": repr(accepted_at),
-                                       "state_agent": state_agent(event.task_params, event.agent_id),
+                                       "state_agent": owner,
                                        "model_latency_ms": "" if latency is None else repr(latency)})
 
 
@@ -198,29 +202,26 @@ class QueueWorker:
         while True:
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # the workers out of step
             raise_if_cancelled()  # (a Redis command may drop the cancel: cancellation.py)
-            try:
+            try:  # one worker a turn (a turn that outlasts the lock may overlap the next: harmless)
                 if await self.redis.set(RECONCILER_LOCK, self.name, nx=True, px=int(interval * 900)):
                     await self.reconcile_once()
-            except Exception as exc:  # Redis or PostgreSQL down: the next turn tries again
+            except (*REDIS_DOWN, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                    asyncio.TimeoutError) as exc:  # Redis or PostgreSQL down: the next turn tries again
                 log.warning("reconciling the stream with the event log failed (%r)", exc)
+            except Exception:
+                log.exception("reconciling the stream with the event log failed")
 
     async def reconcile_once(self) -> int:
         """Add again every accepted event that is neither applied nor in the stream ORPHAN_AGE_S
-        after its ack. Returns how many were added."""
-        in_stream, start = set(), "-"
-        while True:  # the stream first: an entry applied and deleted after this read is applied in
-            # the log read below; read the other way round it would look lost
-            page = await self.redis.xrange(STREAM, min=start, count=1000)
-            in_stream.update(fields.get("event_id") for _, fields in page)
-            if len(page) < 1000:
-                break
-            start = "(" + page[-1][0]
+        after it was recorded. Returns how many were added."""
         settled = self._settled_seq
-        # the histories of the tasks with an event since `settled`, each read once (not once per event)
+        # The events after `settled` not in their state's history, each task's history read once.
+        # With task.params.shared_state the state is the task's one row (agent "*"), which the
+        # pod creates with the event (Queue.handoff): so it is there for every such event.
         rows = await self.pool.fetch(
             """WITH recent AS MATERIALIZED (
                    SELECT seq, task_id, agent_id, event_id, accepted_at FROM events
-                   WHERE variant = $1 AND seq > $2 AND accepted_at > clock_timestamp() - interval '1 hour'),
+                   WHERE variant = $1 AND seq > $2),
                applied AS MATERIALIZED (
                    SELECT DISTINCT h.event_id FROM (SELECT DISTINCT task_id, agent_id FROM recent) t
                    LEFT JOIN task_states s ON s.variant = $1 AND s.task_id = t.task_id AND s.agent_id = t.agent_id
@@ -234,24 +235,44 @@ class QueueWorker:
                                                      AND sh.agent_id = $4
                WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.event_id = r.event_id) ORDER BY r.seq""",
             NAME, settled, ORPHAN_AGE_S, SHARED_AGENT)
-        lost = [r for r in rows if r["orphan"] and r["event_id"] not in in_stream]
-        for r in lost:
-            # the pod's fields; a task's model latency knob (task.params) is not in the log: the
-            # lab's default serves (with task.params.shared_state, the task's shared state once it
-            # has one)
-            await self.redis.xadd(STREAM, {"task_id": r["task_id"], "agent_id": r["agent_id"],
-                                           "event_id": r["event_id"], "accepted_at": repr(r["accepted_at"]),
-                                           "state_agent": r["owner"], "model_latency_ms": ""})
+        candidates = [r for r in rows if r["orphan"]]
+        lost = []
+        if candidates:
+            # Then the stream. The other order would take an entry applied (and deleted) between
+            # the two reads for lost and never add it again; this one may take an entry applied in
+            # between for lost and add it again: the worker finds it in the history and skips it.
+            in_stream, start = set(), "-"
+            while True:
+                page = await self.redis.xrange(STREAM, min=start, count=1000)
+                in_stream.update(fields.get("event_id") for _, fields in page)
+                if len(page) < 1000:
+                    break
+                start = "(" + page[-1][0]
+            lost = [r for r in candidates if r["event_id"] not in in_stream]
         if lost:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in lost:  # the pod's fields; a task's model latency knob (task.params) is not
+                    # in the log: the lab's default serves
+                    pipe.xadd(STREAM, {"task_id": r["task_id"], "agent_id": r["agent_id"],
+                                       "event_id": r["event_id"], "accepted_at": repr(r["accepted_at"]),
+                                       "state_agent": r["owner"], "model_latency_ms": ""})
+                await pipe.execute()
             log.warning("added %d accepted events again that were neither applied nor in the stream "
                         "(Redis restarted?): %s", len(lost), ", ".join(r["event_id"] for r in lost[:5]))
             metrics.RECONCILED.labels(NAME).inc(len(lost))
-        # next time start after the last event that is settled: old enough, and everything up to it applied
+        # Next time, start after the highest seq below which every event is visible and applied. A
+        # BIGSERIAL commits out of order: a transaction still open may hold a lower seq than one
+        # visible now. But it drew that seq after it began, so every seq drawn (accepted_at) before
+        # the oldest open transaction began is visible by now or never will be (1 s for the two
+        # clocks of one INSERT). Over all variants: seq is one sequence, and a queue that is idle
+        # must not leave the scan to grow with the others' events.
         settled_to = await self.pool.fetchval(
-            """SELECT max(seq) FROM events WHERE variant = $1 AND seq > $2
-               AND accepted_at < clock_timestamp() - make_interval(secs => $3)""", NAME, settled, SETTLED_AGE_S)
+            """SELECT max(seq) FROM events WHERE seq > $1 AND accepted_at < COALESCE(
+                   (SELECT min(xact_start) FROM pg_stat_activity
+                    WHERE backend_type = 'client backend' AND xact_start IS NOT NULL), clock_timestamp())
+                   - interval '1 second'""", settled)
         if settled_to is not None:
-            if rows:
+            if rows:  # not past an event that is not applied yet
                 settled_to = min(settled_to, rows[0]["seq"] - 1)
             self._settled_seq = max(self._settled_seq, settled_to)
         return len(lost)
