@@ -233,6 +233,13 @@ CREATE TABLE IF NOT EXISTS faults (
     at       timestamptz NOT NULL,
     back_at  timestamptz
 );
+-- The queue workers' reconciler (variants/queue.py): the seq up to which every event is applied
+-- and none can still commit; shared by the workers and kept across their restarts, so that only
+-- the first turn ever reads the whole log.
+CREATE TABLE IF NOT EXISTS reconciler_marks (
+    variant     text PRIMARY KEY,
+    settled_seq bigint NOT NULL
+);
 -- Client runs (burst, load, chaos, matrix): the exporter's run-scoped gauges count the newest.
 CREATE TABLE IF NOT EXISTS runs (
     run_id     text PRIMARY KEY,   -- the task id prefix of the run

@@ -57,9 +57,9 @@ REDIS_RETRY_S = 0.5  # Redis unreachable (each command retries for ~0.5 s first:
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 Key = tuple[str, str]  # (task_id, agent_id)
 # An accepted event this old, neither applied nor in the stream, has lost its entry (a Redis
-# restart): the reconciler adds it again. The age keeps out an event whose entry is added after
-# the reconciler's look at the stream; an entry added twice costs a row lock and a look at the
-# history, nothing more.
+# restart): the reconciler adds it again. (A pod adds an event's entry before its commit, so an
+# event the log shows had its entry; the age only spares the stream a read, and a worker the
+# work, for an event that is about to be applied.)
 ORPHAN_AGE_S = 3.0
 RECONCILER_LOCK = "racelab:queue:reconciler"
 
@@ -206,7 +206,8 @@ class QueueWorker:
                 if await self.redis.set(RECONCILER_LOCK, self.name, nx=True, px=int(interval * 900)):
                     await self.reconcile_once()
             except (*REDIS_DOWN, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                    asyncio.TimeoutError) as exc:  # Redis or PostgreSQL down: the next turn tries again
+                    asyncpg.AdminShutdownError, asyncpg.InterfaceError) as exc:  # Redis or PostgreSQL
+                # down, restarting or slow (TimeoutError is an OSError): the next turn tries again
                 log.warning("reconciling the stream with the event log failed (%r)", exc)
             except Exception:
                 log.exception("reconciling the stream with the event log failed")
@@ -214,33 +215,53 @@ class QueueWorker:
     async def reconcile_once(self) -> int:
         """Add again every accepted event that is neither applied nor in the stream ORPHAN_AGE_S
         after it was recorded. Returns how many were added."""
-        settled = self._settled_seq
-        # The events after `settled` not in their state's history, each task's history read once.
-        # With task.params.shared_state the state is the task's one row (agent "*"), which the
-        # pod creates with the event (Queue.handoff): so it is there for every such event.
-        rows = await self.pool.fetch(
-            """WITH recent AS MATERIALIZED (
-                   SELECT seq, task_id, agent_id, event_id, accepted_at FROM events
-                   WHERE variant = $1 AND seq > $2),
-               applied AS MATERIALIZED (
-                   SELECT DISTINCT h.event_id FROM (SELECT DISTINCT task_id, agent_id FROM recent) t
-                   LEFT JOIN task_states s ON s.variant = $1 AND s.task_id = t.task_id AND s.agent_id = t.agent_id
-                   LEFT JOIN task_states sh ON sh.variant = $1 AND sh.task_id = t.task_id AND sh.agent_id = $4
-                   CROSS JOIN LATERAL jsonb_array_elements_text(COALESCE(sh.state, s.state)->'history') AS h(event_id))
-               SELECT r.seq, r.task_id, r.agent_id, r.event_id,
-                      extract(epoch FROM r.accepted_at)::float8 AS accepted_at,
-                      r.accepted_at < clock_timestamp() - make_interval(secs => $3) AS orphan,
-                      COALESCE(sh.agent_id, r.agent_id) AS owner
-               FROM recent r LEFT JOIN task_states sh ON sh.variant = $1 AND sh.task_id = r.task_id
-                                                     AND sh.agent_id = $4
-               WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.event_id = r.event_id) ORDER BY r.seq""",
-            NAME, settled, ORPHAN_AGE_S, SHARED_AGENT)
+        async with self.pool.acquire() as conn:
+            # The scan starts after the highest seq below which every event is visible and applied
+            # (reconciler_marks: the workers share it, and it outlives their restarts). A BIGSERIAL
+            # commits out of order: a transaction still open may hold a lower seq than one visible
+            # now. But it drew that seq after it began; so once the oldest open transaction's start
+            # is read here, every transaction the snapshot below cannot see either began after it
+            # or is one of those counted in it, and every seq drawn (accepted_at) before it (less
+            # 1 s, for the two clocks of one INSERT) is visible in that snapshot or never will be.
+            # Needs track_activities (on by default); this session's own statement is counted.
+            oldest_open = await conn.fetchval(
+                """SELECT min(xact_start) FROM pg_stat_activity WHERE backend_type = 'client backend'
+                   AND datname = current_database() AND xact_start IS NOT NULL""")
+            async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot
+                settled = max(self._settled_seq, await conn.fetchval(
+                    "SELECT settled_seq FROM reconciler_marks WHERE variant = $1", NAME) or 0)
+                # The events after `settled` not in their state's history, each task's history read
+                # once. With task.params.shared_state the state is the task's one row (agent "*"),
+                # which the pod writes with the event (Queue.handoff), since the log keeps no params.
+                rows = await conn.fetch(
+                    """WITH recent AS MATERIALIZED (
+                           SELECT seq, task_id, agent_id, event_id, accepted_at FROM events
+                           WHERE variant = $1 AND seq > $2),
+                       applied AS MATERIALIZED (
+                           SELECT DISTINCT h.event_id FROM (SELECT DISTINCT task_id, agent_id FROM recent) t
+                           LEFT JOIN task_states s ON s.variant = $1 AND s.task_id = t.task_id
+                                                  AND s.agent_id = t.agent_id
+                           LEFT JOIN task_states sh ON sh.variant = $1 AND sh.task_id = t.task_id
+                                                   AND sh.agent_id = $4
+                           CROSS JOIN LATERAL jsonb_array_elements_text(COALESCE(sh.state, s.state)->'history')
+                                AS h(event_id))
+                       SELECT r.seq, r.task_id, r.agent_id, r.event_id,
+                              extract(epoch FROM r.accepted_at)::float8 AS accepted_at,
+                              r.accepted_at < clock_timestamp() - make_interval(secs => $3) AS orphan,
+                              COALESCE(sh.agent_id, r.agent_id) AS owner
+                       FROM recent r LEFT JOIN task_states sh ON sh.variant = $1 AND sh.task_id = r.task_id
+                                                             AND sh.agent_id = $4
+                       WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.event_id = r.event_id)
+                       ORDER BY r.seq""",
+                    NAME, settled, ORPHAN_AGE_S, SHARED_AGENT)
+                # over every variant's events: seq is one sequence, and a queue that is idle must
+                # not leave the scan to grow with the others' events
+                settled_to = await conn.fetchval(
+                    """SELECT max(seq) FROM events WHERE seq > $1
+                       AND accepted_at < $2::timestamptz - interval '1 second'""", settled, oldest_open)
         candidates = [r for r in rows if r["orphan"]]
         lost = []
-        if candidates:
-            # Then the stream. The other order would take an entry applied (and deleted) between
-            # the two reads for lost and never add it again; this one may take an entry applied in
-            # between for lost and add it again: the worker finds it in the history and skips it.
+        if candidates:  # then the stream (read only when it may be needed: it holds any backlog)
             in_stream, start = set(), "-"
             while True:
                 page = await self.redis.xrange(STREAM, min=start, count=1000)
@@ -248,6 +269,8 @@ class QueueWorker:
                 if len(page) < 1000:
                     break
                 start = "(" + page[-1][0]
+            # (an entry applied and deleted after the read above looks lost here: added again, the
+            # worker finds it in the history and skips it)
             lost = [r for r in candidates if r["event_id"] not in in_stream]
         if lost:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -260,21 +283,15 @@ class QueueWorker:
             log.warning("added %d accepted events again that were neither applied nor in the stream "
                         "(Redis restarted?): %s", len(lost), ", ".join(r["event_id"] for r in lost[:5]))
             metrics.RECONCILED.labels(NAME).inc(len(lost))
-        # Next time, start after the highest seq below which every event is visible and applied. A
-        # BIGSERIAL commits out of order: a transaction still open may hold a lower seq than one
-        # visible now. But it drew that seq after it began, so every seq drawn (accepted_at) before
-        # the oldest open transaction began is visible by now or never will be (1 s for the two
-        # clocks of one INSERT). Over all variants: seq is one sequence, and a queue that is idle
-        # must not leave the scan to grow with the others' events.
-        settled_to = await self.pool.fetchval(
-            """SELECT max(seq) FROM events WHERE seq > $1 AND accepted_at < COALESCE(
-                   (SELECT min(xact_start) FROM pg_stat_activity
-                    WHERE backend_type = 'client backend' AND xact_start IS NOT NULL), clock_timestamp())
-                   - interval '1 second'""", settled)
         if settled_to is not None:
             if rows:  # not past an event that is not applied yet
                 settled_to = min(settled_to, rows[0]["seq"] - 1)
-            self._settled_seq = max(self._settled_seq, settled_to)
+            if settled_to > settled:
+                await self.pool.execute(
+                    """INSERT INTO reconciler_marks (variant, settled_seq) VALUES ($1, $2) ON CONFLICT (variant)
+                       DO UPDATE SET settled_seq = GREATEST(reconciler_marks.settled_seq, EXCLUDED.settled_seq)""",
+                    NAME, settled_to)
+            self._settled_seq = max(settled, settled_to)
         return len(lost)
 
     def dispatch(self, entry_id: str, fields: dict) -> None:
