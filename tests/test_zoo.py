@@ -188,55 +188,62 @@ async def test_a_restarted_queue_worker_reads_its_pending_entries_then_new_ones(
         await r.aclose()
 
 
-@pytest.mark.parametrize("task_params", [None, {"shared_state": True}], ids=["own-state", "shared-state"])
-async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_in_the_stream(lab, task_params):
+async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_in_the_stream(lab):
     """The queue workers' reconciler (what gives back the entries a Redis restart took): events
     that wait in the stream are left alone, however old; the ones whose entries are gone are added
     again, once, for the state they belong to (with task.params.shared_state the task's one state,
     though the event log does not keep the params); and they are then applied once. The workers
-    are stopped, so the entries wait."""
+    are stopped, so the entries wait. Two tasks: one with its own state, one with a shared one."""
     if not lab.owned and os.environ.get("RACELAB_TEST_FAULTS") != "1":
         pytest.skip("--lab=existing: stopping its queue workers needs RACELAB_TEST_FAULTS=1")
     from racelab.checker.counts import counted_as
     from racelab.state import SHARED_AGENT
     from racelab.variants.queue import ORPHAN_AGE_S, QueueWorker
     settings = lab.settings
-    task = new_id("zoo-qreconcile")
-    ids = [f"{task}-{i}" for i in range(3)]
-    owner = SHARED_AGENT if task_params else AGENT["id"]
+    prefix = new_id("zoo-qreconcile")
+    owners = {f"{prefix}-own": AGENT["id"], f"{prefix}-shared": SHARED_AGENT}  # task -> whose state
+    ids = {task: [f"{task}-{i}" for i in range(3)] for task in owners}
     workers = [w.name for w in instances_of(settings, "queue-worker")]
     r = redis_client.client(settings.redis_url, decode_responses=True)
     pool = await db.create_pool(settings.pg_dsn)
     reconciler = QueueWorker("test-reconciler", settings, pool, r)
 
-    async def entries() -> dict[str, dict]:  # entry id -> fields, this task's
-        return {entry_id: f for entry_id, f in await r.xrange(STREAM) if f["task_id"] == task}
+    async def entries() -> dict[str, dict]:  # entry id -> fields, these tasks'
+        return {entry_id: f for entry_id, f in await r.xrange(STREAM) if f["task_id"] in owners}
+
+    def event_ids(found: dict[str, dict]) -> dict[str, list[str]]:
+        return {task: sorted(f["event_id"] for f in found.values() if f["task_id"] == task) for task in owners}
     try:
         await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
-        assert await send_events(settings, "queue", task, ids, task_params=task_params) == [200] * 3
+        for task, owner in owners.items():
+            params = {"shared_state": True} if owner == SHARED_AGENT else None
+            assert await send_events(settings, "queue", task, ids[task], task_params=params) == [200] * 3
         await asyncio.sleep(ORPHAN_AGE_S + 0.5)  # old enough to be taken for lost, if they were
         await reconciler.reconcile_once()
         before = await entries()
-        assert sorted(f["event_id"] for f in before.values()) == ids  # waiting in the stream: not added again
-        gone = [entry_id for entry_id, f in before.items() if f["event_id"] != ids[0]]
+        assert event_ids(before) == ids  # waiting in the stream: not added again
+        gone = [entry_id for entry_id, f in before.items() if not f["event_id"].endswith("-0")]
         await r.xdel(STREAM, *gone)  # what a Redis restart does to entries not applied yet
-        assert await reconciler.reconcile_once() >= 2
+        assert await reconciler.reconcile_once() >= 4
         await reconciler.reconcile_once()  # (in the stream again now: not added a second time)
         after = await entries()
-        assert sorted(f["event_id"] for f in after.values()) == ids and not set(gone) & set(after)
-        assert {f["state_agent"] for f in after.values()} == {owner}
+        assert event_ids(after) == ids and not set(gone) & set(after)
+        assert {f["task_id"]: f["state_agent"] for f in after.values()} == owners
     finally:
         await asyncio.to_thread(native.supervisorctl, settings, "start", *workers, check=False)
         await r.aclose()
         await pool.close()
     # (a shared state counts as "queue@shared", which quiescence does not know as safe: its 3-s
     # settle would call events the restarted workers apply a moment later lost)
-    c = (await counts_for(settings, task, settle_s=15))[counted_as("queue", owner)]
-    assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (3, 3, 0, 0, 0)
+    counts = await counts_for(settings, prefix, settle_s=15)
+    for owner in owners.values():
+        c = counts[counted_as("queue", owner)]
+        assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (3, 3, 0, 0, 0), owner
     async with db.connection(settings.pg_dsn) as conn:  # the state the events belong to has them
-        state = await conn.fetchval("SELECT state FROM task_states WHERE variant = 'queue' AND task_id = $1"
-                                    " AND agent_id = $2", task, owner)
-    assert sorted(state["history"]) == ids
+        for task, owner in owners.items():
+            state = await conn.fetchval("SELECT state FROM task_states WHERE variant = 'queue' AND task_id = $1"
+                                        " AND agent_id = $2", task, owner)
+            assert sorted(state["history"]) == ids[task]
 
 
 async def test_multi_agent_shared_state_needs_a_task_level_key(lab):
