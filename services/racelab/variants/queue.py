@@ -132,7 +132,7 @@ class QueueWorker:
         self._queued: dict[Key, list[tuple[str, dict]]] = {}
         self._runners: dict[Key, asyncio.Task] = {}
         self._held: set[str] = set()  # entry ids queued or in progress here
-        self._settled_seq = 0  # the reconciler's scan starts after it (0: the whole log, once)
+        self._settled_seq = 0  # the reconciler's scan starts after it (or reconciler_marks', if higher)
 
     async def run(self) -> None:
         await self._ensure_group()
