@@ -337,6 +337,17 @@ RECORD_EVENT = ("SELECT status, seq FROM record_events($1, $2, $3, ARRAY[$4::tex
                 "ARRAY[$6::jsonb], ARRAY[$7::jsonb])")
 RECORD_EVENTS = "SELECT status, seq FROM record_events($1, $2, $3, $4, $5, $6, $7)"
 
+# What PostgreSQL down or restarting raises (pod.app answers 503 + Retry-After, never 500; the
+# queue workers' reconciler tries again next turn).
+PG_DOWN = (asyncpg.PostgresConnectionError,      # class 08: connection failures
+           asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
+           asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+           asyncpg.exceptions.PostgresSystemError,  # class 58: I/O errors
+           asyncpg.exceptions.TransactionRollbackError,  # class 40: a deadlock; a retry succeeds
+           asyncpg.InterfaceError,                   # the connection is closed or broken
+           # "cannot switch to state N; another operation is in progress": a connection whose
+           # server went away mid-query (seen only while PostgreSQL was being killed)
+           asyncpg.InternalClientError)
 # What PostgreSQL (or asyncpg, encoding an argument) refuses in a value that validation let
 # through: the request's fault, answered 400 (pod.app); a batch with one falls back to one call each.
 DATA_ERRORS = (asyncpg.exceptions.DataError,               # class 22: a value PostgreSQL refuses

@@ -11,7 +11,6 @@ import logging
 import sys
 import time
 
-import asyncpg
 from aiohttp import web
 
 from .. import db, metrics, protocol
@@ -27,16 +26,6 @@ VARIANT_KEY = web.AppKey("variant", Variant)
 
 RETRY_AFTER_S = 2  # a PostgreSQL, Redis or Temporal restart takes a few seconds
 
-# What a dependency that is down or restarting raises: answered 503 + Retry-After, never 500.
-_PG_DOWN = (asyncpg.PostgresConnectionError,      # class 08: connection failures
-            asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
-            asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
-            asyncpg.exceptions.PostgresSystemError,  # class 58: I/O errors
-            asyncpg.exceptions.TransactionRollbackError,  # class 40: a deadlock; a retry succeeds
-            asyncpg.InterfaceError,                   # the connection is closed or broken
-            # "cannot switch to state N; another operation is in progress": a connection whose
-            # server went away mid-query (seen only while PostgreSQL was being killed)
-            asyncpg.InternalClientError)
 _DEPENDENCY_MODULES = (("asyncpg", "PostgreSQL"), ("redis", "Redis"), ("temporalio", "Temporal"))
 
 
@@ -69,7 +58,7 @@ def classify_failure(exc: Exception) -> tuple[str, str] | None:
         if exc.status == temporal.RPCStatusCode.INVALID_ARGUMENT:
             return "data", f"Temporal refused the request: {exc.message}"
         return "unavailable", "Temporal"
-    if isinstance(exc, _PG_DOWN):
+    if isinstance(exc, db.PG_DOWN):  # answered 503 + Retry-After, never 500
         return "unavailable", "PostgreSQL"
     redis_errors = sys.modules.get("redis.exceptions")
     if redis_errors is not None and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):

@@ -34,7 +34,6 @@ import random
 import signal
 import time
 
-import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -205,9 +204,8 @@ class QueueWorker:
             try:  # one worker a turn (a turn that outlasts the lock may overlap the next: harmless)
                 if await self.redis.set(RECONCILER_LOCK, self.name, nx=True, px=int(interval * 900)):
                     await self.reconcile_once()
-            except (*REDIS_DOWN, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                    asyncpg.AdminShutdownError, asyncpg.InterfaceError) as exc:  # Redis or PostgreSQL
-                # down, restarting or slow (TimeoutError is an OSError): the next turn tries again
+            except (*REDIS_DOWN, *db.PG_DOWN, OSError) as exc:  # Redis or PostgreSQL down, restarting
+                # or slow (TimeoutError is an OSError): the next turn tries again
                 log.warning("reconciling the stream with the event log failed (%r)", exc)
             except Exception:
                 log.exception("reconciling the stream with the event log failed")
