@@ -35,6 +35,19 @@ def instances_of(settings, service: str) -> list:
     return [inst for s in services(settings) if s.name == service for inst in s.instances()]
 
 
+@contextlib.asynccontextmanager
+async def stopped(settings, service: str):
+    """The lab's processes of one service stopped (by supervisor) for the block, and started again
+    after it, whatever happened in it; yields their names."""
+    from racelab.lab import native
+    names = [inst.name for inst in instances_of(settings, service)]
+    try:
+        await asyncio.to_thread(native.supervisorctl, settings, "stop", *names)
+        yield names
+    finally:
+        await asyncio.to_thread(native.supervisorctl, settings, "start", *names, check=False)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

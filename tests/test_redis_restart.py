@@ -10,8 +10,7 @@ import os
 import aiohttp
 import pytest
 
-from helpers import counts_for, instances_of, new_id, send_event
-from racelab.lab import native
+from helpers import counts_for, instances_of, new_id, send_event, stopped
 from racelab.lab.native import healthy
 from racelab.nemesis.runtimes import NativeRuntime
 
@@ -58,14 +57,10 @@ async def test_queue_applies_the_entries_a_redis_restart_took_from_its_stream(la
         pytest.skip("the lab does not run queue (RACELAB_VARIANTS=all)")
     task = new_id("redis-restart-queue")
     runtime = NativeRuntime(lab.settings)
-    workers = [w.name for w in instances_of(lab.settings, "queue-worker")]
-    try:
-        await asyncio.to_thread(native.supervisorctl, lab.settings, "stop", *workers)
+    async with stopped(lab.settings, "queue-worker"):
         statuses = [(await send_event(lab.settings, "queue", task, f"{task}-{i}", i))[0] for i in range(EVENTS)]
         assert statuses == [200] * EVENTS
         old = await runtime.kill("redis")
         await runtime.wait_back("redis", old, timeout_s=30)
-    finally:
-        await asyncio.to_thread(native.supervisorctl, lab.settings, "start", *workers, check=False)
     c = (await counts_for(lab.settings, task))["queue"]
     assert (c.accepted, c.applied, c.lost, c.duplicates, c.counter_drift) == (EVENTS, EVENTS, 0, 0, 0)

@@ -13,9 +13,8 @@ from racelab.lab import native
 from racelab.nemesis.runtimes import NativeRuntime
 from racelab.variants.queue import GROUP, STREAM
 
-from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, instances_of, new_id, send_event, send_events,
-                     table_counts,
-                     wait_until)
+from helpers import (SHARED_BURSTS, ZOO, counts_for, get_state, new_id, send_event, send_events, stopped,
+                     table_counts, wait_until)
 
 pytestmark = pytest.mark.shared_burst("zoo")  # one burst for the module (helpers.SHARED_BURSTS)
 TASKS, EVENTS = SHARED_BURSTS["zoo"]["tasks"], SHARED_BURSTS["zoo"]["events"]
@@ -168,23 +167,21 @@ async def test_a_restarted_queue_worker_reads_its_pending_entries_then_new_ones(
         pytest.skip("--lab=existing: stopping its queue workers needs RACELAB_TEST_FAULTS=1")
     settings = lab.settings
     task = new_id("zoo-qpending")
-    workers = [w.name for w in instances_of(settings, "queue-worker")]
     r = redis_client.client(settings.redis_url, decode_responses=True)
-    await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
     try:
-        assert (await send_event(settings, "queue", task, f"{task}-1", 1))[0] == 200
-        # what a killed worker leaves behind: the entry read by it and not acknowledged
-        reply = await r.xreadgroup(GROUP, "queue-worker-1", {STREAM: ">"}, count=10_000)
-        first = [entry_id for entry_id, fields in reply[0][1] if fields["event_id"] == f"{task}-1"]
-        assert len(first) == 1
-        await asyncio.to_thread(native.supervisorctl, settings, "start", "queue-worker-1")
-        assert (await send_event(settings, "queue", task, f"{task}-2", 2))[0] == 200
-        c = (await counts_for(settings, task))["queue"]
-        assert (c.accepted, c.applied, c.lost, c.duplicates) == (2, 2, 0, 0)
-        # applied entries leave the stream (it grew by every event for as long as Redis ran)
-        assert [f for _, f in await r.xrange(STREAM, min=first[0]) if f["task_id"] == task] == []
+        async with stopped(settings, "queue-worker"):
+            assert (await send_event(settings, "queue", task, f"{task}-1", 1))[0] == 200
+            # what a killed worker leaves behind: the entry read by it and not acknowledged
+            reply = await r.xreadgroup(GROUP, "queue-worker-1", {STREAM: ">"}, count=10_000)
+            first = [entry_id for entry_id, fields in reply[0][1] if fields["event_id"] == f"{task}-1"]
+            assert len(first) == 1
+            await asyncio.to_thread(native.supervisorctl, settings, "start", "queue-worker-1")
+            assert (await send_event(settings, "queue", task, f"{task}-2", 2))[0] == 200
+            c = (await counts_for(settings, task))["queue"]
+            assert (c.accepted, c.applied, c.lost, c.duplicates) == (2, 2, 0, 0)
+            # applied entries leave the stream (it grew by every event for as long as Redis ran)
+            assert [f for _, f in await r.xrange(STREAM, min=first[0]) if f["task_id"] == task] == []
     finally:
-        await asyncio.to_thread(native.supervisorctl, settings, "start", *workers, check=False)
         await r.aclose()
 
 
@@ -203,7 +200,6 @@ async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_
     prefix = new_id("zoo-qreconcile")
     owners = {f"{prefix}-own": AGENT["id"], f"{prefix}-shared": SHARED_AGENT}  # task -> whose state
     ids = {task: [f"{task}-{i}" for i in range(3)] for task in owners}
-    workers = [w.name for w in instances_of(settings, "queue-worker")]
     r = redis_client.client(settings.redis_url, decode_responses=True)
     pool = await db.create_pool(settings.pg_dsn)
     reconciler = QueueWorker("test-reconciler", settings, pool, r)
@@ -214,23 +210,22 @@ async def test_the_queue_reconciler_adds_again_only_what_is_neither_applied_nor_
     def event_ids(found: dict[str, dict]) -> dict[str, list[str]]:
         return {task: sorted(f["event_id"] for f in found.values() if f["task_id"] == task) for task in owners}
     try:
-        await asyncio.to_thread(native.supervisorctl, settings, "stop", *workers)
-        for task, owner in owners.items():
-            params = {"shared_state": True} if owner == SHARED_AGENT else None
-            assert await send_events(settings, "queue", task, ids[task], task_params=params) == [200] * 3
-        await asyncio.sleep(ORPHAN_AGE_S + 0.5)  # old enough to be taken for lost, if they were
-        await reconciler.reconcile_once()
-        before = await entries()
-        assert event_ids(before) == ids  # waiting in the stream: not added again
-        gone = [entry_id for entry_id, f in before.items() if not f["event_id"].endswith("-0")]
-        await r.xdel(STREAM, *gone)  # what a Redis restart does to entries not applied yet
-        assert await reconciler.reconcile_once() >= 4
-        await reconciler.reconcile_once()  # (in the stream again now: not added a second time)
-        after = await entries()
-        assert event_ids(after) == ids and not set(gone) & set(after)
-        assert {f["task_id"]: f["state_agent"] for f in after.values()} == owners
+        async with stopped(settings, "queue-worker"):
+            for task, owner in owners.items():
+                params = {"shared_state": True} if owner == SHARED_AGENT else None
+                assert await send_events(settings, "queue", task, ids[task], task_params=params) == [200] * 3
+            await asyncio.sleep(ORPHAN_AGE_S + 0.5)  # old enough to be taken for lost, if they were
+            await reconciler.reconcile_once()
+            before = await entries()
+            assert event_ids(before) == ids  # waiting in the stream: not added again
+            gone = [entry_id for entry_id, f in before.items() if not f["event_id"].endswith("-0")]
+            await r.xdel(STREAM, *gone)  # what a Redis restart does to entries not applied yet
+            assert await reconciler.reconcile_once() >= 4
+            await reconciler.reconcile_once()  # (in the stream again now: not added a second time)
+            after = await entries()
+            assert event_ids(after) == ids and not set(gone) & set(after)
+            assert {f["task_id"]: f["state_agent"] for f in after.values()} == owners
     finally:
-        await asyncio.to_thread(native.supervisorctl, settings, "start", *workers, check=False)
         await r.aclose()
         await pool.close()
     # (a shared state counts as "queue@shared", which quiescence does not know as safe: its 3-s
